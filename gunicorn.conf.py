@@ -1,0 +1,67 @@
+"""gunicorn settings for the Procfile's ``web: gunicorn app:app`` (read from the current dir).
+
+Every value comes from the same environment settings as the app (``ticker.config``).
+"""
+
+import logging
+import resource
+
+from ticker.config import Settings
+
+settings = Settings.from_env()
+
+bind = f"0.0.0.0:{settings.port}"
+worker_class = "gevent"
+# One gevent worker holds thousands of streams; each worker runs its own feed unless Redis
+# is configured (see README), so the default is one.
+workers = settings.web_concurrency
+# gunicorn's default of 1000 silently caps viewers: connection 1001 is accepted and hangs.
+# Leave room above MAX_STREAMS for page loads, API calls and refused-with-503 streams.
+worker_connections = settings.max_streams + 1000
+# gevent patches the standard library in each worker after the fork: no preloading.
+preload_app = False
+# A PaaS sends SIGTERM and kills ~30 s later; streams end on shutdown, so this is a backstop.
+graceful_timeout = 10
+timeout = 30
+keepalive = 5
+# gunicorn 27 opens an admin socket under $HOME by default; a PaaS dyno has no use for it.
+control_socket_disable = True
+accesslog = "-"
+errorlog = "-"
+loglevel = "info"
+
+# Each stream is one file descriptor: lift the soft limit to the hard one.
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if _soft < _hard:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_hard, _hard))
+
+
+def on_starting(server):
+    if settings.web_concurrency > 1 and not settings.redis_url:
+        server.log.warning(
+            "WEB_CONCURRENCY=%d without REDIS_URL: each worker runs its own feed, so viewers "
+            "on different workers see different prices. Set REDIS_URL or use one worker.",
+            settings.web_concurrency,
+        )
+
+
+def post_worker_init(worker):
+    """Start this worker's feed, and end its streams as soon as it is told to stop."""
+    import gevent
+
+    from ticker import get_service
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    service = get_service(worker.wsgi)
+    service.start()
+
+    def stop_streams_on_shutdown():
+        # SIGTERM only clears worker.alive; without this, open streams would keep the
+        # worker busy until graceful_timeout and then be cut mid-write.
+        while worker.alive:
+            gevent.sleep(0.1)
+        service.stop()
+
+    gevent.spawn(stop_streams_on_shutdown)

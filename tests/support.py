@@ -1,0 +1,247 @@
+"""Real parts for the tests: a server process on a free loopback port and an SSE client.
+
+The server is started the way people start it (``python app.py``, or the Procfile's ``web:``
+line through a shell with ``PORT`` set, as a PaaS does), and the client reads the raw HTTP
+stream and parses it by the rules of the SSE spec, so tests see exactly what a browser gets.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Self
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Fast ticks and heartbeats, so tests wait for events, not for the clock.
+TEST_ENV = {
+    "TICKER_SEED": "7",
+    "TICKER_SYMBOLS": "12",
+    "TICKER_INTERVAL": "0.2",
+    "HEARTBEAT_S": "0.5",
+    "ADMIN_TOKEN": "test-admin-token",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def procfile_command() -> str:
+    """The ``web:`` command of the Procfile, exactly as committed."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith("web:"):
+            return line.removeprefix("web:").strip()
+    raise AssertionError("Procfile has no web: line")
+
+
+class Server:
+    """A server process on ``127.0.0.1:port``, logging to ``log_path``."""
+
+    def __init__(
+        self,
+        command: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.command = command
+        self.port = port or free_port()
+        self.log_path = log_path
+        self.env = {
+            **os.environ,
+            **TEST_ENV,
+            **(env or {}),
+            "PORT": str(self.port),
+            # The venv's gunicorn first, whatever the caller's PATH says.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def app_py(cls, log_path: Path, **kwargs: object) -> Server:
+        return cls([sys.executable, "app.py"], log_path, **kwargs)
+
+    @classmethod
+    def procfile(cls, log_path: Path, **kwargs: object) -> Server:
+        # Like a PaaS: bash -c runs the line (and execs it, so signals reach gunicorn itself).
+        return cls(["bash", "-c", procfile_command()], log_path, **kwargs)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> Server:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.command,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited at start:\n{self.log()}")
+            try:
+                if self.get_json("/healthz")["feed"]["ticks"] > 0:
+                    return self
+            except (OSError, http.client.HTTPException):
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise AssertionError(
+            f"server did not become ready in {timeout}s:\n{self.log()}"
+        )
+
+    def stop(self, timeout: float = 15.0) -> float:
+        """SIGTERM the whole process group, wait for it, return how long exiting took."""
+        if self.process is None or self.process.poll() is not None:
+            return 0.0
+        started = time.monotonic()
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        return time.monotonic() - started
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def request(
+        self,
+        path: str,
+        method: str = "GET",
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        req = urllib.request.Request(
+            self.base + path, data=body, method=method, headers=headers or {}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, dict(err.headers), err.read()
+
+    def get_json(self, path: str) -> dict:
+        status, _, body = self.request(path)
+        assert status == 200, (status, body)
+        return json.loads(body)
+
+    def wait_for(self, predicate, what: str, timeout: float = 10.0) -> dict:
+        """Poll ``/healthz`` until ``predicate(health)`` holds; fail after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            health = self.get_json("/healthz")
+            if predicate(health):
+                return health
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out waiting for {what}; last /healthz: {health}"
+                )
+            time.sleep(0.05)
+
+
+@dataclass
+class Event:
+    """One dispatched SSE event, plus the comments and retry hint read since the last one."""
+
+    event: str = "message"
+    data: str = ""
+    id: str | None = None
+    retry: int | None = None
+    comments: list[str] = field(default_factory=list)
+
+
+class SSEClient:
+    """A minimal, spec-following EventSource over a raw HTTP/1.1 connection."""
+
+    def __init__(
+        self,
+        base: str,
+        path: str,
+        headers: dict[str, str] | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        host, port = base.removeprefix("http://").split(":")
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+        self.conn.request(
+            "GET", path, headers={"Accept": "text/event-stream", **(headers or {})}
+        )
+        self.response = self.conn.getresponse()
+        self.status = self.response.status
+        self.headers = self.response.headers
+        self.last_id: str | None = None
+
+    def next(self) -> Event:
+        """Read lines until an event is dispatched (or a comment-only block ends)."""
+        current = Event()
+        data_lines: list[str] = []
+        seen_field = False
+        while True:
+            raw = self.response.readline()
+            if not raw:
+                raise EOFError("stream ended")
+            line = raw.decode("utf-8").rstrip("\n").rstrip("\r")
+            if line == "":
+                if data_lines or current.comments or current.retry is not None:
+                    current.data = "\n".join(data_lines)
+                    if current.id is not None:
+                        self.last_id = current.id
+                    return current
+                if seen_field:
+                    current, seen_field = Event(), False
+                continue
+            if line.startswith(":"):
+                current.comments.append(line[1:].strip())
+                continue
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            seen_field = True
+            if name == "data":
+                data_lines.append(value)
+            elif name == "event":
+                current.event = value
+            elif name == "id":
+                current.id = value
+            elif name == "retry" and value.isdigit():
+                current.retry = int(value)
+
+    def events_until(self, predicate, timeout: float = 10.0) -> list[Event]:
+        """Read events until ``predicate(events_so_far)`` is true; fail after ``timeout``."""
+        events: list[Event] = []
+        deadline = time.monotonic() + timeout
+        while not predicate(events):
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"condition not met in {timeout}s; got {len(events)} events"
+                )
+            events.append(self.next())
+        return events
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

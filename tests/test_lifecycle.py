@@ -1,0 +1,49 @@
+"""Process lifecycle: importing does no work, the feed starts once, SIGTERM ends streams."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from support import ROOT, Server, SSEClient
+
+
+def test_importing_the_app_starts_nothing():
+    code = (
+        "import gevent, app, ticker;"
+        "s = ticker.get_service(app.app);"
+        "assert not s.feed.running and s.feed.ticks == 0;"
+        "assert len([g for g in __import__('gc').get_objects()"
+        " if isinstance(g, gevent.Greenlet)]) == 0"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+def test_sigterm_ends_open_streams_cleanly_and_the_worker_exits_quickly(tmp_path):
+    server = Server.procfile(tmp_path / "gunicorn.log").start()
+    try:
+        client = SSEClient(server.base, "/stream")
+        client.next()
+        server.wait_for(
+            lambda h: h["streams"]["total"] == 1, "the stream to be counted"
+        )
+    finally:
+        exit_seconds = server.stop()
+    # Streams watch for shutdown, so gunicorn does not sit out its graceful_timeout (10 s).
+    assert exit_seconds < 8, f"took {exit_seconds:.1f}s to exit:\n{server.log()}"
+    try:
+        while True:
+            client.next()
+    except EOFError:
+        pass  # the stream ended cleanly: the chunked body was terminated, not reset
+    assert server.process.returncode == 0, server.log()
+    assert "Worker graceful timeout" not in server.log()
+
+
+def test_one_feed_per_worker_started_when_serving(tmp_path):
+    server = Server.procfile(tmp_path / "gunicorn.log").start()
+    try:
+        assert server.get_json("/healthz")["feed"]["running"]
+    finally:
+        server.stop()
+    assert server.log().count("feed starting") == 1

@@ -1,0 +1,72 @@
+"""The live stock ticker: a Flask app streaming a simulated market over Server-Sent Events.
+
+How the parts fit (data flows one way)::
+
+    feed (simulated market) -> service (renders each tick once) -> broker (fan-out)
+        -> views (SSE routes) -> browser (htmx SSE extension swaps the rows)
+
+``create_app`` builds everything and starts nothing; the server that runs the app calls
+``get_service(app).start()`` once the process is ready (see ``gunicorn.conf.py``, ``app.py``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from flask import Flask, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ticker.config import Settings
+from ticker.service import Service, get_service
+
+__all__ = ["Settings", "create_app", "get_service"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# 'self' only: htmx is served from our origin and told not to inject its indicator <style>.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+
+
+def _clock(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S")
+
+
+def _iso_time(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the app. ``settings`` defaults to the environment (see ``ticker.config``)."""
+    from ticker import views
+    from ticker.metrics import make_registry
+
+    settings = settings or Settings.from_env()
+    app = Flask("ticker", root_path=str(ROOT))
+    app.config["MAX_CONTENT_LENGTH"] = 16 * 1024  # only /broadcast takes a body
+    app.json.sort_keys = False
+    app.add_template_filter(_clock, "clock")
+    app.add_template_filter(_iso_time, "iso_time")
+    service = Service(app, settings)
+    app.extensions["ticker"] = service
+    app.register_blueprint(views.bp)
+
+    registry = make_registry(service)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        """Prometheus text format."""
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+    @app.after_request
+    def security_headers(response: Response) -> Response:
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response
+
+    return app

@@ -1,0 +1,69 @@
+"""Settings read from the environment, in one place.
+
+Every knob the app has is an environment variable with a default that runs out of the box
+(twelve-factor style, which is what a PaaS expects). Nothing else in the package reads
+``os.environ``; tests pass their own values to :func:`ticker.create_app` instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+
+class ConfigError(ValueError):
+    """A setting has a value the app cannot run with."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The app's settings; field names match the environment variables, lower-cased."""
+
+    port: int = 5000
+    ticker_seed: int = 2026
+    ticker_symbols: int = 12
+    ticker_interval: float = 1.0
+    heartbeat_s: float = 15.0
+    max_streams: int = 10_000
+    redis_url: str = ""
+    admin_token: str = ""
+    web_concurrency: int = 1
+    # Not part of the public contract: how long a browser waits before reconnecting (SSE
+    # ``retry:``), in milliseconds. One second keeps a redeploy short for viewers.
+    retry_ms: int = 1000
+
+    def __post_init__(self) -> None:
+        checks = {
+            "port": 0 <= self.port <= 65535,
+            "ticker_symbols": 1 <= self.ticker_symbols <= 500,
+            "ticker_interval": self.ticker_interval > 0,
+            "heartbeat_s": self.heartbeat_s > 0,
+            "max_streams": self.max_streams >= 1,
+            "web_concurrency": self.web_concurrency >= 1,
+            "retry_ms": self.retry_ms >= 0,
+        }
+        bad = [name.upper() for name, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"out of range: {', '.join(bad)}")
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: object
+    ) -> Settings:
+        """Build settings from ``environ`` (default: ``os.environ``), then apply ``overrides``."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for field in fields(cls):
+            raw = environ.get(field.name.upper())
+            if raw is None or raw.strip() == "":
+                continue
+            kind = type(field.default)
+            try:
+                values[field.name] = kind(raw.strip()) if kind is not str else raw
+            except ValueError:
+                raise ConfigError(
+                    f"{field.name.upper()}={raw!r} is not a valid {kind.__name__}"
+                ) from None
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,248 @@
+"""HTTP routes: the pages, the SSE streams, the JSON snapshot, health, metrics and broadcast.
+
+Routes stay short: they validate input, ask the service's broker for a subscription and turn
+it into a response. They never know how quotes are produced or fanned out.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    jsonify,
+    render_template,
+    request,
+)
+from werkzeug.exceptions import HTTPException
+
+from ticker.broker import StreamLimitReached, Subscription
+from ticker.service import Service, get_service
+from ticker.sse import HEARTBEAT, encode_retry
+
+log = logging.getLogger(__name__)
+bp = Blueprint("views", __name__)
+
+_SYMBOL = re.compile(r"[A-Za-z]{2,5}", re.ASCII)
+MAX_SYMBOLS_PER_STREAM = 100
+MAX_BROADCAST_CHARS = 280
+
+
+def _service() -> Service:
+    return get_service(current_app)
+
+
+def _symbol(raw: str) -> str:
+    """Validate one symbol (case-insensitive); abort with 400 or 404 otherwise."""
+    if not _SYMBOL.fullmatch(raw.strip()):
+        abort(400, "Malformed symbol: a symbol is 2 to 5 letters, like ABC.")
+    symbol = raw.strip().upper()
+    if symbol not in _service().market.companies:
+        # Safe to show: it is 2-5 ASCII letters by now.
+        abort(404, f"Unknown symbol: {symbol}.")
+    return symbol
+
+
+def _watchlist(raw: str | None) -> tuple[str, ...]:
+    """Parse ``?symbols=A,B``; no value means every symbol. Duplicates collapse."""
+    if raw is None or not raw.strip():
+        return _service().symbols
+    entries = [e for e in raw.split(",") if e.strip()]
+    if len(entries) > MAX_SYMBOLS_PER_STREAM:
+        abort(400, f"Too many symbols: at most {MAX_SYMBOLS_PER_STREAM} per stream.")
+    return tuple(dict.fromkeys(_symbol(e) for e in entries))
+
+
+@bp.get("/")
+def index() -> str:
+    """The market table, fed by one stream for all its rows."""
+    service = _service()
+    quotes = [service.broker.quotes[s] for s in service.symbols]
+    return render_template(
+        "index.html",
+        quotes=quotes,
+        symbols=service.symbols,
+        banner=service.broadcast_message,
+    )
+
+
+@bp.get("/symbols/<symbol>")
+def symbol_page(symbol: str) -> str:
+    """One company's page, fed by its own stream."""
+    service = _service()
+    symbol = _symbol(symbol)
+    return render_template(
+        "symbol.html",
+        q=service.broker.quotes[symbol],
+        company=service.market.companies[symbol],
+        banner=service.broadcast_message,
+    )
+
+
+def _open_stream(route: str, symbols: tuple[str, ...]) -> Response:
+    service = _service()
+    broker = service.broker
+    try:
+        sub = broker.subscribe(route, symbols)
+    except StreamLimitReached:
+        log.warning(
+            "stream refused: %d streams open (MAX_STREAMS)", broker.open_streams
+        )
+        response = Response(
+            "Too many open streams on this server; try again shortly.\n",
+            status=503,
+            mimetype="text/plain",
+        )
+        response.headers["Retry-After"] = "5"
+        return response
+    opened = time.monotonic()
+    log.info(
+        "stream open route=%s symbols=%d open=%d",
+        route,
+        len(symbols),
+        broker.open_streams,
+    )
+
+    def release() -> None:
+        if broker.unsubscribe(sub):
+            log.info(
+                "stream closed route=%s after=%.1fs open=%d",
+                route,
+                time.monotonic() - opened,
+                broker.open_streams,
+            )
+
+    response = Response(
+        _events(sub, service.settings.heartbeat_s, service.settings.retry_ms, release),
+        mimetype="text/event-stream",
+    )
+    response.headers["Cache-Control"] = "no-cache"
+    # nginx (and routers built on it) buffer responses unless told not to.
+    response.headers["X-Accel-Buffering"] = "no"
+    # If the server closes the response before the body ever started, the generator's
+    # ``finally`` would not run: this makes sure the subscription is freed either way.
+    response.call_on_close(release)
+    return response
+
+
+def _events(
+    sub: Subscription, heartbeat_s: float, retry_ms: int, release: Callable[[], None]
+) -> Iterator[bytes]:
+    """The body of a stream: retry hint and snapshot at once, then updates and heartbeats.
+
+    Everything pending goes out in one write. A client that left is noticed when a write
+    fails; the server then closes this generator and ``finally`` frees the subscription.
+    """
+    try:
+        yield encode_retry(retry_ms) + (sub.take(0) or b"")
+        next_heartbeat = time.monotonic() + heartbeat_s
+        while True:
+            data = sub.take(max(0.0, next_heartbeat - time.monotonic()))
+            if data is None:  # the broker closed us: the process is shutting down
+                return
+            if time.monotonic() >= next_heartbeat:
+                data += HEARTBEAT
+                next_heartbeat = time.monotonic() + heartbeat_s
+            if data:
+                yield data
+    finally:
+        release()
+
+
+@bp.get("/stream/<symbol>")
+def stream_symbol(symbol: str) -> Response:
+    """SSE for one symbol; the event name is the symbol."""
+    return _open_stream("symbol", (_symbol(symbol),))
+
+
+@bp.get("/stream")
+def stream_many() -> Response:
+    """SSE for ``?symbols=A,B`` (default: every symbol) over one connection."""
+    return _open_stream("multi", _watchlist(request.args.get("symbols")))
+
+
+@bp.get("/api/quotes")
+def api_quotes() -> Response:
+    """The current quote of every symbol, as JSON."""
+    service = _service()
+    return jsonify(
+        seq=service.market.seq,
+        quotes=[service.broker.quotes[s].as_dict() for s in service.symbols],
+    )
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """Liveness plus what an operator wants at a glance: is the feed ticking, who is watching."""
+    service = _service()
+    feed, broker = service.feed, service.broker
+    age = (
+        None if feed.last_tick_at is None else round(time.time() - feed.last_tick_at, 3)
+    )
+    stale_after = max(5.0, 5 * service.settings.ticker_interval)
+    return jsonify(
+        status="ok"
+        if feed.running and age is not None and age < stale_after
+        else "degraded",
+        feed={
+            "running": feed.running,
+            "ticks": feed.ticks,
+            "restarts": feed.restarts,
+            "last_tick_age_s": age,
+            "symbols": len(service.symbols),
+        },
+        streams={"total": broker.open_streams, "by_route": dict(broker.open_by_route)},
+    )
+
+
+@bp.post("/broadcast")
+def broadcast() -> tuple[Response, int]:
+    """Admin message to every viewer. Body: JSON ``{"message": ...}`` or a form field."""
+    service = _service()
+    token = service.settings.admin_token
+    if not token:
+        abort(403, "Broadcast is disabled: the server has no ADMIN_TOKEN set.")
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        abort(401, "A valid 'Authorization: Bearer <ADMIN_TOKEN>' header is required.")
+    if request.is_json:
+        data = request.get_json(silent=True)
+        message = data.get("message") if isinstance(data, dict) else None
+    else:
+        message = request.form.get("message")
+    if not isinstance(message, str) or not message.strip():
+        abort(400, 'Send a non-empty text "message" (JSON or form field).')
+    message = " ".join(message.split())
+    if len(message) > MAX_BROADCAST_CHARS or not message.isprintable():
+        abort(
+            400,
+            f"The message must be printable text of at most {MAX_BROADCAST_CHARS} chars.",
+        )
+    streams = service.broadcast(message)
+    return jsonify(sent=True, streams=streams), 202
+
+
+@bp.app_errorhandler(HTTPException)
+def http_error(error: HTTPException) -> Response:
+    """Short, readable errors: plain text for machines, a small page for browsers."""
+    machine = request.path.startswith(
+        ("/stream", "/api", "/broadcast", "/healthz", "/metrics")
+    )
+    if not machine and request.accept_mimetypes.accept_html:
+        body = render_template("error.html", error=error)
+        response = Response(body, status=error.code, mimetype="text/html")
+    else:
+        text = f"{error.code} {error.name}: {error.description}\n"
+        response = Response(text, status=error.code, mimetype="text/plain")
+    if error.code == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    if getattr(error, "valid_methods", None):
+        response.headers["Allow"] = ", ".join(error.valid_methods)
+    return response
