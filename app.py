@@ -21,13 +21,21 @@ def main() -> None:
     import signal
 
     import gevent
-    from gevent.pywsgi import WSGIServer
+    from gevent.pywsgi import WSGIHandler, WSGIServer
+
+    class Handler(WSGIHandler):
+        def get_environ(self):
+            environ = super().get_environ()
+            environ["ticker.socket"] = (
+                self.socket
+            )  # lets streams notice a client leaving
+            return environ
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     service = get_service(app)
-    server = WSGIServer(("0.0.0.0", service.settings.port), app)
+    server = WSGIServer(("0.0.0.0", service.settings.port), app, handler_class=Handler)
 
     def shutdown() -> None:
         service.stop()  # ends every stream at once, so stopping the server does not wait

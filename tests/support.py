@@ -99,7 +99,7 @@ class Server:
             if self.process.poll() is not None:
                 raise AssertionError(f"server exited at start:\n{self.log()}")
             try:
-                if self.get_json("/healthz")["feed"]["ticks"] > 0:
+                if self.get_json("/healthz")["feed"]["running"]:
                     return self
             except (OSError, http.client.HTTPException):
                 pass

@@ -9,7 +9,7 @@ stalled viewer costs a bounded amount of memory and never slows anyone else down
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from gevent.event import Event
@@ -24,22 +24,30 @@ class StreamLimitReached(Exception):
     """The process already holds ``max_streams`` open streams."""
 
 
+class ClientLimitReached(StreamLimitReached):
+    """This client address already holds ``max_per_client`` open streams."""
+
+
 class Subscription:
     """One viewer's mailbox. ``take`` hands over everything pending as one write."""
 
     __slots__ = (
         "_pending",
         "_wake",
+        "client",
         "closed",
         "delivered",
+        "on_stall",
         "route",
         "sent_bytes",
         "topics",
+        "writing_since",
     )
 
-    def __init__(self, route: str, topics: tuple[str, ...]) -> None:
+    def __init__(self, route: str, topics: tuple[str, ...], client: str = "") -> None:
         self.route = route
         self.topics = topics
+        self.client = client
         # Insertion-ordered: re-inserting on update keeps events in sequence order, so the
         # SSE ids a client sees only ever increase.
         self._pending: dict[str, tuple[int, bytes]] = {}
@@ -47,6 +55,9 @@ class Subscription:
         self.closed = False
         self.delivered = 0  # events handed to the stream
         self.sent_bytes = 0
+        # Set by the stream while the server writes to a client; see ``Broker.stalled``.
+        self.writing_since: float | None = None
+        self.on_stall: Callable[[], None] | None = None
 
     def offer(self, topic: str, seq: int, payload: bytes) -> bool:
         """Queue ``payload``; return True if it replaced an undelivered one (conflation)."""
@@ -78,8 +89,10 @@ class Subscription:
 class Broker:
     """In-process fan-out. Also keeps the latest event and quote of every topic."""
 
-    def __init__(self, max_streams: int) -> None:
+    def __init__(self, max_streams: int, max_per_client: int = 0) -> None:
         self.max_streams = max_streams
+        self.max_per_client = max_per_client  # 0: no per-client cap
+        self.open_by_client: Counter[str] = Counter()
         self._subscribers: dict[str, set[Subscription]] = {}
         self._open: set[Subscription] = set()
         # Totals of streams already closed; live ones are summed when asked (see ``totals``).
@@ -115,7 +128,9 @@ class Broker:
             if sub.offer(topic, seq, payload):
                 self.conflated += 1
 
-    def subscribe(self, route: str, symbols: Iterable[str]) -> Subscription:
+    def subscribe(
+        self, route: str, symbols: Iterable[str], client: str = ""
+    ) -> Subscription:
         """Open a mailbox for ``symbols`` (and broadcasts), pre-filled with their latest events.
 
         The pre-fill is the snapshot a new viewer needs at once; it is ordered by sequence
@@ -124,8 +139,10 @@ class Broker:
         """
         if self.closing or self.open_streams >= self.max_streams:
             raise StreamLimitReached
+        if self.max_per_client and self.open_by_client[client] >= self.max_per_client:
+            raise ClientLimitReached
         topics = (*dict.fromkeys(symbols), BROADCAST)
-        sub = Subscription(route, topics)
+        sub = Subscription(route, topics, client)
         for seq, topic in sorted(
             (self._latest[t][0], t) for t in topics if t in self._latest
         ):
@@ -134,6 +151,7 @@ class Broker:
             self._subscribers.setdefault(topic, set()).add(sub)
         self._open.add(sub)
         self.open_by_route[route] += 1
+        self.open_by_client[client] += 1
         return sub
 
     def unsubscribe(self, sub: Subscription) -> bool:
@@ -144,12 +162,28 @@ class Broker:
         self._open.discard(sub)
         for topic in sub.topics:
             self._subscribers[topic].discard(sub)
-        self.open_by_route[sub.route] -= 1
-        if self.open_by_route[sub.route] <= 0:
-            del self.open_by_route[sub.route]
+        for counter, key in (
+            (self.open_by_route, sub.route),
+            (self.open_by_client, sub.client),
+        ):
+            counter[key] -= 1
+            if counter[key] <= 0:
+                del counter[key]
         self._closed_delivered += sub.delivered
         self._closed_bytes += sub.sent_bytes
         return True
+
+    def pending_events(self) -> int:
+        """Events waiting in all mailboxes: at most one per symbol per stream (conflation)."""
+        return sum(len(s._pending) for s in self._open)
+
+    def stalled(self, now: float, timeout: float) -> list[Subscription]:
+        """Streams whose current write has waited on the client for over ``timeout`` s."""
+        return [
+            s
+            for s in self._open
+            if s.writing_since is not None and now - s.writing_since > timeout
+        ]
 
     def close(self) -> None:
         """End every stream (the process is shutting down) and refuse new ones."""

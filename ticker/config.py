@@ -29,6 +29,14 @@ class Settings:
     redis_url: str = ""
     admin_token: str = ""
     web_concurrency: int = 1
+    # Flood protection: open streams one client address may hold (0: no cap). Behind a
+    # proxy every viewer shares the proxy's address, so the address is taken from
+    # X-Forwarded-For, but only when the peer is listed in FORWARDED_ALLOW_IPS (the same
+    # variable, and default, gunicorn uses for X-Forwarded-Proto; "*" behind a PaaS router).
+    max_streams_per_client: int = 100
+    forwarded_allow_ips: str = "127.0.0.1,::1"
+    # A viewer whose socket accepts nothing for this long is dropped (its write is stuck).
+    write_timeout_s: float = 30.0
     # Not part of the public contract: how long a browser waits before reconnecting (SSE
     # ``retry:``), in milliseconds. One second keeps a redeploy short for viewers.
     retry_ms: int = 1000
@@ -41,6 +49,8 @@ class Settings:
             "heartbeat_s": self.heartbeat_s > 0,
             "max_streams": self.max_streams >= 1,
             "web_concurrency": self.web_concurrency >= 1,
+            "max_streams_per_client": self.max_streams_per_client >= 0,
+            "write_timeout_s": self.write_timeout_s > 0,
             "retry_ms": self.retry_ms >= 0,
         }
         bad = [name.upper() for name, ok in checks.items() if not ok]

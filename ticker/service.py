@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import time
 
+import gevent
 from flask import Flask
 from markupsafe import escape
 
 from ticker.broker import BROADCAST, Broker
+from ticker.clients import parse_trusted
 from ticker.config import Settings
 from ticker.feed import Feed, Market, Quote, make_universe
 from ticker.sse import encode_event
@@ -30,13 +32,15 @@ class Service:
         self.companies = make_universe(settings.ticker_seed, settings.ticker_symbols)
         self.symbols = tuple(c.symbol for c in self.companies)
         self.market = Market(self.companies)
-        self.broker = Broker(settings.max_streams)
+        self.broker = Broker(settings.max_streams, settings.max_streams_per_client)
+        self.trusted_proxies = parse_trusted(settings.forwarded_allow_ips)
         self.feed = Feed(self.market, self.publish_quote, settings.ticker_interval)
         self._row = app.jinja_env.get_template("_quote_row.html")
         self._banner = app.jinja_env.get_template("_banner.html")
         self.broadcast_message = ""
         self.broadcasts = 0
         self.started_at = time.time()
+        self._reaper: gevent.Greenlet | None = None
         for quote in self.market.quotes.values():
             self.publish_quote(quote)
 
@@ -73,12 +77,34 @@ class Service:
                 self.settings.ticker_interval,
             )
         self.feed.start()
+        if self._reaper is None:
+            self._reaper = gevent.spawn(self._drop_stalled_streams)
 
     def stop(self) -> None:
         """End all streams and the feed (the process is shutting down)."""
         log.info("shutting down: closing %d streams", self.broker.open_streams)
         self.broker.close()
         self.feed.stop()
+        if self._reaper is not None:
+            self._reaper.kill()
+            self._reaper = None
+
+    def _drop_stalled_streams(self) -> None:
+        """Once a second, drop viewers whose socket has accepted nothing for too long.
+
+        Their mailboxes stay small anyway (conflation); this frees the slot, the socket and
+        the greenlet of a client that is gone without saying so, or never reads.
+        """
+        timeout = self.settings.write_timeout_s
+        while True:
+            gevent.sleep(min(1.0, timeout / 2))
+            for sub in self.broker.stalled(time.monotonic(), timeout):
+                log.warning(
+                    "dropping stalled stream client=%s route=%s", sub.client, sub.route
+                )
+                callback, sub.on_stall = sub.on_stall, None  # once is enough
+                if callback is not None:
+                    callback()
 
 
 def get_service(app: Flask) -> Service:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -23,7 +25,8 @@ from flask import (
 )
 from werkzeug.exceptions import HTTPException
 
-from ticker.broker import StreamLimitReached, Subscription
+from ticker.broker import ClientLimitReached, StreamLimitReached, Subscription
+from ticker.clients import HangupWatch, client_address, client_socket
 from ticker.service import Service, get_service
 from ticker.sse import HEARTBEAT, encode_retry
 
@@ -86,41 +89,57 @@ def symbol_page(symbol: str) -> str:
     )
 
 
+def _refuse(status: int, message: str) -> Response:
+    response = Response(message + "\n", status=status, mimetype="text/plain")
+    response.headers["Retry-After"] = "5"
+    return response
+
+
 def _open_stream(route: str, symbols: tuple[str, ...]) -> Response:
     service = _service()
-    broker = service.broker
+    broker, settings = service.broker, service.settings
+    client = client_address(request.environ, service.trusted_proxies)
     try:
-        sub = broker.subscribe(route, symbols)
+        sub = broker.subscribe(route, symbols, client)
+    except ClientLimitReached:
+        log.warning("stream refused client=%s: per-client cap reached", client)
+        return _refuse(
+            429, "Too many open streams from your address; close some and retry."
+        )
     except StreamLimitReached:
         log.warning(
-            "stream refused: %d streams open (MAX_STREAMS)", broker.open_streams
+            "stream refused client=%s: %d streams open", client, broker.open_streams
         )
-        response = Response(
-            "Too many open streams on this server; try again shortly.\n",
-            status=503,
-            mimetype="text/plain",
-        )
-        response.headers["Retry-After"] = "5"
-        return response
+        return _refuse(503, "Too many open streams on this server; try again shortly.")
     opened = time.monotonic()
     log.info(
-        "stream open route=%s symbols=%d open=%d",
+        "stream open client=%s route=%s symbols=%d open=%d",
+        client,
         route,
         len(symbols),
         broker.open_streams,
     )
 
+    sock = client_socket(request.environ)
+    watch = HangupWatch(sock, sub.close) if sock is not None else None
+    if sock is not None:
+        # Shutting the socket down fails the stuck write, and the server then closes us.
+        sub.on_stall = lambda: _shutdown(sock)
+
     def release() -> None:
+        if watch is not None:
+            watch.stop()
         if broker.unsubscribe(sub):
             log.info(
-                "stream closed route=%s after=%.1fs open=%d",
+                "stream closed client=%s route=%s after=%.1fs open=%d",
+                client,
                 route,
                 time.monotonic() - opened,
                 broker.open_streams,
             )
 
     response = Response(
-        _events(sub, service.settings.heartbeat_s, service.settings.retry_ms, release),
+        _events(sub, settings.heartbeat_s, settings.retry_ms, release),
         mimetype="text/event-stream",
     )
     response.headers["Cache-Control"] = "no-cache"
@@ -132,26 +151,48 @@ def _open_stream(route: str, symbols: tuple[str, ...]) -> Response:
     return response
 
 
+def _shutdown(sock: socket.socket) -> None:
+    """Shut the connection down under the stuck write, which then fails with EPIPE.
+
+    Done through a duplicate descriptor: gevent's own ``shutdown`` would instead cancel the
+    waiting write with EBADF, which gunicorn logs as an unexpected error with a traceback.
+    """
+    try:
+        with socket.fromfd(sock.fileno(), sock.family, sock.type) as dup:
+            dup.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already gone
+
+
 def _events(
     sub: Subscription, heartbeat_s: float, retry_ms: int, release: Callable[[], None]
 ) -> Iterator[bytes]:
     """The body of a stream: retry hint and snapshot at once, then updates and heartbeats.
 
-    Everything pending goes out in one write. A client that left is noticed when a write
-    fails; the server then closes this generator and ``finally`` frees the subscription.
+    Everything pending goes out in one write. The generator resumes only once the server
+    has written what it yielded, so ``writing_since`` tells how long a write has been stuck.
+    A client that left is noticed by its :class:`HangupWatch` (or a failed write); either
+    way the stream ends and ``finally`` frees the subscription.
     """
     try:
+        sub.writing_since = time.monotonic()
         yield encode_retry(retry_ms) + (sub.take(0) or b"")
+        sub.writing_since = None
         next_heartbeat = time.monotonic() + heartbeat_s
         while True:
             data = sub.take(max(0.0, next_heartbeat - time.monotonic()))
-            if data is None:  # the broker closed us: the process is shutting down
+            if (
+                data is None
+            ):  # closed: the client hung up, or the process is shutting down
                 return
-            if time.monotonic() >= next_heartbeat:
+            now = time.monotonic()
+            if now >= next_heartbeat:
                 data += HEARTBEAT
-                next_heartbeat = time.monotonic() + heartbeat_s
+                next_heartbeat = now + heartbeat_s
             if data:
+                sub.writing_since = now
                 yield data
+                sub.writing_since = None
     finally:
         release()
 
@@ -191,6 +232,7 @@ def healthz() -> Response:
         status="ok"
         if feed.running and age is not None and age < stale_after
         else "degraded",
+        pid=os.getpid(),
         feed={
             "running": feed.running,
             "ticks": feed.ticks,
@@ -198,7 +240,12 @@ def healthz() -> Response:
             "last_tick_age_s": age,
             "symbols": len(service.symbols),
         },
-        streams={"total": broker.open_streams, "by_route": dict(broker.open_by_route)},
+        streams={
+            "total": broker.open_streams,
+            "by_route": dict(broker.open_by_route),
+            "clients": len(broker.open_by_client),
+            "pending_events": broker.pending_events(),
+        },
     )
 
 

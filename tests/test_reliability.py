@@ -1,0 +1,215 @@
+"""Reliability against a real gunicorn server: stalled viewers, floods, departures, churn,
+feed faults. Every loop is bounded in count and time, and all traffic stays on loopback."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import struct
+import time
+
+import pytest
+from support import Server, SSEClient
+
+
+def stalled_socket(server: Server, path: str = "/stream") -> socket.socket:
+    """A viewer that connects, asks for a stream and then never reads a byte."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+    return sock
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with an RST instead of a FIN, like a crashed client or a dropped NAT entry."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def latencies_ms(client: SSEClient, count: int) -> list[int]:
+    """Receipt time minus each quote fragment's data-ts, for ``count`` quote events."""
+    out = []
+    while len(out) < count:
+        event = client.next()
+        match = re.search(r'data-ts="(\d+)"', event.data)
+        if match:
+            out.append(int(time.time() * 1000) - int(match.group(1)))
+    return out
+
+
+@pytest.fixture
+def make_server(tmp_path):
+    started: list[Server] = []
+
+    def make(**env: str) -> Server:
+        server = Server.procfile(
+            tmp_path / f"server{len(started)}.log", env=env
+        ).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+def test_stalled_viewers_keep_bounded_mailboxes_and_do_not_delay_others(make_server):
+    server = make_server(
+        TICKER_INTERVAL="0.05",
+        TICKER_SYMBOLS="40",
+        HEARTBEAT_S="5",
+        MAX_STREAMS_PER_CLIENT="0",
+    )
+    with SSEClient(server.base, "/stream") as healthy:
+        healthy.events_until(lambda ev: len(ev) > 40)  # past the snapshot
+        before = latencies_ms(healthy, 200)
+        stalled = [stalled_socket(server) for _ in range(300)]
+        try:
+            # Wait until their socket buffers are full and updates pile up in mailboxes.
+            server.wait_for(
+                lambda h: (
+                    h["streams"]["total"] == 301
+                    and h["streams"]["pending_events"] >= 300 * 30
+                ),
+                "stalled viewers to back up",
+                timeout=60,
+            )
+            during = latencies_ms(healthy, 800)  # ~1 s of ticks at 800 per second
+            health = server.get_json("/healthz")
+        finally:
+            for sock in stalled:
+                sock.close()
+    # Conflation: whatever they failed to read, each holds at most one event per symbol.
+    assert health["streams"]["pending_events"] <= 301 * 41
+    # A stalled viewer must not hold up anyone else: no tick waits seconds for them.
+    assert max(during) < 1000, (max(before), max(during))
+    server.wait_for(lambda h: h["streams"]["total"] == 0, "every stalled viewer freed")
+
+
+def test_a_viewer_whose_socket_stays_unwritable_is_dropped(make_server):
+    server = make_server(
+        TICKER_INTERVAL="0.02", TICKER_SYMBOLS="60", WRITE_TIMEOUT_S="1"
+    )
+    stalled = [stalled_socket(server) for _ in range(5)]
+    try:
+        server.wait_for(lambda h: h["streams"]["total"] == 5, "five stalled streams")
+        server.wait_for(
+            lambda h: h["streams"]["total"] == 0, "stalled streams dropped", 30
+        )
+        assert "dropping stalled stream" in server.log()
+        assert "Traceback" not in server.log()
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def test_viewer_who_leaves_is_freed_at_once_even_when_nothing_is_written(make_server):
+    # No ticks after the snapshot and no heartbeat for 10 minutes: only the hangup watch
+    # can notice the departure.
+    server = make_server(TICKER_INTERVAL="3600", HEARTBEAT_S="600")
+    clients = [SSEClient(server.base, "/stream") for _ in range(20)]
+    for client in clients:
+        client.next()
+    server.wait_for(lambda h: h["streams"]["total"] == 20, "20 open streams")
+    left = time.monotonic()
+    for client in clients:
+        client.close()
+    server.wait_for(
+        lambda h: h["streams"]["total"] == 0, "departures noticed", timeout=5
+    )
+    assert time.monotonic() - left < 5
+
+
+def test_stream_cap_answers_503_with_retry_after_and_frees_up(make_server):
+    server = make_server(MAX_STREAMS="4")
+    clients = [SSEClient(server.base, "/stream") for _ in range(4)]
+    refused = SSEClient(server.base, "/stream")
+    assert refused.status == 503
+    assert refused.headers["Retry-After"].isdigit()
+    assert "Too many open streams" in refused.response.read().decode()
+    clients.pop().close()
+    server.wait_for(lambda h: h["streams"]["total"] == 3, "a slot to free up")
+    with SSEClient(server.base, "/stream") as again:
+        assert again.status == 200
+    for client in clients:
+        client.close()
+
+
+def test_per_client_cap_answers_429_and_trusts_forwarded_for_only_from_listed_proxies(
+    make_server,
+):
+    server = make_server(MAX_STREAMS_PER_CLIENT="2", FORWARDED_ALLOW_IPS="127.0.0.1")
+    one = {"X-Forwarded-For": "203.0.113.7"}
+    other = {"X-Forwarded-For": "198.51.100.9"}
+    held = [SSEClient(server.base, "/stream", one) for _ in range(2)]
+    third = SSEClient(server.base, "/stream", one)
+    assert third.status == 429 and third.headers["Retry-After"].isdigit()
+    with SSEClient(server.base, "/stream", other) as fine:
+        assert fine.status == 200, "another address has its own allowance"
+    held.pop().close()
+    server.wait_for(lambda h: h["streams"]["total"] == 1, "a slot to free up")
+    with SSEClient(server.base, "/stream", one) as again:
+        assert again.status == 200
+    held[0].close()
+
+    untrusting = make_server(
+        MAX_STREAMS_PER_CLIENT="2", FORWARDED_ALLOW_IPS="192.0.2.1"
+    )
+    spoofed = [
+        SSEClient(untrusting.base, "/stream", {"X-Forwarded-For": f"10.0.0.{i}"})
+        for i in range(3)
+    ]
+    assert [c.status for c in spoofed] == [200, 200, 429], (
+        "a forged header buys nothing"
+    )
+    for client in spoofed:
+        client.close()
+
+
+def test_churn_leaks_no_subscriptions_or_file_descriptors(make_server):
+    server = make_server(TICKER_INTERVAL="0.05")
+    pid = server.get_json("/healthz")["pid"]
+    baseline = open_fds(pid)
+    for i in range(1500):
+        client = SSEClient(server.base, "/stream" if i % 2 else "/stream?symbols=" + "")
+        client.next()
+        if i % 3 == 0:
+            reset(client.conn.sock)  # mid-stream reset
+        else:
+            client.close()
+    for _ in range(300):  # and some that reset before reading anything at all
+        reset(stalled_socket(server))
+    health = server.wait_for(
+        lambda h: h["streams"]["total"] == 0, "every stream released"
+    )
+    assert health["streams"]["clients"] == 0
+    deadline = time.monotonic() + 10
+    while open_fds(pid) > baseline and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert open_fds(pid) <= baseline
+
+
+def test_feed_fault_is_logged_and_streams_keep_receiving(tmp_path):
+    server = Server(
+        ["gunicorn", "--pythonpath", "tests", "faulty_app:app"],
+        tmp_path / "faulty.log",
+        env={"FAULT_AT_TICK": "40"},
+    ).start()
+    try:
+        with SSEClient(server.base, "/stream") as client:
+            server.wait_for(lambda h: h["feed"]["restarts"] == 1, "the feed to restart")
+            after = client.events_until(lambda ev: len([e for e in ev if e.id]) >= 30)
+        ids = [int(e.id) for e in after if e.id]
+        assert ids == sorted(ids)
+        assert (
+            "injected fault" in server.log()
+            and "feed crashed; restarting" in server.log()
+        )
+    finally:
+        server.stop()
