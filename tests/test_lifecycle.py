@@ -7,6 +7,8 @@ import sys
 
 from support import ROOT, Server, SSEClient
 
+from ticker import Settings, create_app, get_service
+
 
 def test_importing_the_app_starts_nothing():
     code = (
@@ -47,3 +49,14 @@ def test_one_feed_per_worker_started_when_serving(tmp_path):
     finally:
         server.stop()
     assert server.log().count("feed starting") == 1
+
+
+def test_stream_requests_during_shutdown_get_a_retry_hint_not_a_refusal():
+    # A refusal (503) makes the htmx SSE extension back off for seconds; an empty 200
+    # stream with "retry: 1000" brings the browser back in one, to the next process.
+    app = create_app(Settings(ticker_interval=0.05))
+    get_service(app).stop()
+    response = app.test_client().get("/stream")
+    assert response.status_code == 200
+    assert response.mimetype == "text/event-stream"
+    assert response.get_data() == b"retry: 1000\n\n"

@@ -49,6 +49,7 @@ def test_top_level_layout_is_the_agreed_one():
         ".git",
     }
     present = {p.name for p in ROOT.iterdir()} - {
+        ".hypothesis",
         ".venv",
         ".pytest_cache",
         ".ruff_cache",

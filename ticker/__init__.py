@@ -40,6 +40,20 @@ def _iso_time(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
+# Delays the stylesheet offers for marking a row stale (see .stale-after-* in ticker.css).
+STALE_AFTER_CHOICES_S = (2, 5, 10, 30, 60, 120, 300)
+
+
+def stale_after_s(ticker_interval: float) -> int:
+    """How long a row may go without an update before the page marks it stale.
+
+    The page has no JavaScript, so a CSS animation does it: it restarts whenever the row is
+    swapped, and shows the stale marker once it has run this long uninterrupted.
+    """
+    wanted = 5 * ticker_interval
+    return next((s for s in STALE_AFTER_CHOICES_S if s >= wanted), STALE_AFTER_CHOICES_S[-1])
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app. ``settings`` defaults to the environment (see ``ticker.config``)."""
     from ticker import views
@@ -51,6 +65,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False
     app.add_template_filter(_clock, "clock")
     app.add_template_filter(_iso_time, "iso_time")
+    app.jinja_env.globals["stale_after_s"] = stale_after_s(settings.ticker_interval)
     service = Service(app, settings)
     app.extensions["ticker"] = service
     app.register_blueprint(views.bp)

@@ -99,6 +99,11 @@ def _open_stream(route: str, symbols: tuple[str, ...]) -> Response:
     service = _service()
     broker, settings = service.broker, service.settings
     client = client_address(request.environ, service.trusted_proxies)
+    if broker.closing:
+        # This process is shutting down. A refusal would make the browser's SSE extension
+        # back off for seconds; an empty stream with a retry hint brings it back in one,
+        # by then to the new process.
+        return _sse_response(iter([encode_retry(settings.retry_ms)]))
     try:
         sub = broker.subscribe(route, symbols, client)
     except ClientLimitReached:
@@ -138,16 +143,18 @@ def _open_stream(route: str, symbols: tuple[str, ...]) -> Response:
                 broker.open_streams,
             )
 
-    response = Response(
-        _events(sub, settings.heartbeat_s, settings.retry_ms, release),
-        mimetype="text/event-stream",
-    )
-    response.headers["Cache-Control"] = "no-cache"
-    # nginx (and routers built on it) buffer responses unless told not to.
-    response.headers["X-Accel-Buffering"] = "no"
+    response = _sse_response(_events(sub, settings.heartbeat_s, settings.retry_ms, release))
     # If the server closes the response before the body ever started, the generator's
     # ``finally`` would not run: this makes sure the subscription is freed either way.
     response.call_on_close(release)
+    return response
+
+
+def _sse_response(body: Iterator[bytes]) -> Response:
+    response = Response(body, mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    # nginx (and routers built on it) buffer responses unless told not to.
+    response.headers["X-Accel-Buffering"] = "no"
     return response
 
 

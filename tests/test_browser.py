@@ -1,0 +1,456 @@
+"""The app in a real browser: Debian's Chromium, driven by Playwright, against gunicorn.
+
+The server is started from the Procfile, as a PaaS starts it (gunicorn, gevent worker), and
+the pages run exactly as shipped: htmx and its SSE extension, no test hooks in the app. What
+the browser did is read from the outside (its requests, console and page errors, the DOM).
+
+Needs ``/usr/bin/chromium`` (``apt-get install chromium``; ``TICKER_CHROMIUM`` points at
+another one) and the ``playwright`` package (``pip install -r requirements-dev.txt``). Without
+them these tests skip, except on CI (``CI=true``), where they fail. Playwright never downloads
+a browser here. Screenshots and the measured reconnect time go to ``artifacts/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from support import ROOT, Server
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # the `browser` fixture reports it: a skip, or a failure on CI
+    expect = sync_playwright = None
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from playwright.sync_api import (
+        Browser,
+        BrowserContext,
+        ConsoleMessage,
+        Locator,
+        Page,
+        Request,
+        Response,
+        WebError,
+    )
+
+CHROMIUM = os.environ.get("TICKER_CHROMIUM", "/usr/bin/chromium")
+# Quiet and offline: no updates, no sync, no first-run pages, no GPU, no QUIC probing.
+CHROMIUM_ARGS = [
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-gpu",
+    "--disable-quic",
+]
+HOW_TO_ENABLE = (
+    "enable the browser tests with `apt-get install chromium` and "
+    "`pip install -r requirements-dev.txt` (TICKER_CHROMIUM=/path selects another Chromium)"
+)
+
+SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+RECONNECT_REPORT = ROOT / "artifacts" / "reconnect.json"
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+UPDATE_MS = 5_000  # ticks come every ~0.2 s per symbol (TEST_ENV), so this is generous
+MIN_SYMBOLS = 12
+UPDATES_PER_ROW = 3
+PROMPT_S = 2.0  # an ordinary request while the table streams
+RECONNECT_BUDGET_S = 10.0
+
+
+# --- fixtures -------------------------------------------------------------------------
+
+
+def _missing_browser_parts() -> list[str]:
+    missing = []
+    if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
+        missing.append(f"no Chromium at {CHROMIUM}")
+    if sync_playwright is None:
+        missing.append("the playwright package is not installed")
+    return missing
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """One headless Chromium for the whole session."""
+    missing = _missing_browser_parts()
+    if missing:
+        message = f"browser tests: {'; '.join(missing)}; {HOW_TO_ENABLE}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def gunicorn(tmp_path_factory) -> Iterator[Server]:
+    """The app as a PaaS runs it: the Procfile's web: line, gunicorn with the gevent worker."""
+    log_path = tmp_path_factory.mktemp("browser") / "procfile.log"
+    server = Server.procfile(log_path).start()
+    yield server
+    server.stop()
+
+
+class Watch:
+    """Everything one browser context did: its requests and its errors.
+
+    Content Security Policy violations reach Chromium's console as errors, so ``errors``
+    holds them too, next to console errors and uncaught exceptions.
+    """
+
+    def __init__(self, context: BrowserContext) -> None:
+        self.requests: list[Request] = []
+        self.errors: list[str] = []
+        # Playwright wants Python callables here, not built-ins like list.append.
+        context.on("request", lambda request: self.requests.append(request))
+        context.on("console", self._console)
+        context.on("weberror", self._web_error)
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            where = message.location.get("url") or "?"
+            self.errors.append(f"console: {message.text} ({where})")
+
+    def _web_error(self, error: WebError) -> None:
+        self.errors.append(f"uncaught: {error.error}")
+
+    def paths(self) -> list[str]:
+        return [urlsplit(r.url).path for r in self.requests]
+
+    def streams(self) -> list[Request]:
+        return [r for r in self.requests if urlsplit(r.url).path.startswith("/stream")]
+
+
+@pytest.fixture
+def open_page(browser: Browser) -> Iterator[Callable[..., tuple[Page, Watch]]]:
+    """Open a page in a fresh context on ``server``; every context is closed afterwards."""
+    contexts: list[BrowserContext] = []
+
+    def open_(server: Server, viewport: dict[str, int] = DESKTOP, **options):
+        context = browser.new_context(
+            base_url=server.base, viewport=viewport, **options
+        )
+        context.set_default_timeout(UPDATE_MS)
+        contexts.append(context)
+        watch = Watch(context)
+        return context.new_page(), watch
+
+    yield open_
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
+def table(gunicorn: Server, open_page) -> tuple[Page, Watch, Response]:
+    """The market table, loaded on a desktop viewport."""
+    page, watch = open_page(gunicorn)
+    response = page.goto("/")
+    return page, watch, response
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def rows(page: Page) -> Locator:
+    return page.locator("tr.quote")
+
+
+def symbols_of(page: Page) -> list[str]:
+    return [row.get_attribute("data-symbol") for row in rows(page).all()]
+
+
+def row(page: Page, symbol: str) -> Locator:
+    return page.locator(f"#quote-{symbol}")
+
+
+def wait_for_new_tick(page: Page, symbol: str, seen: str) -> str:
+    """Wait until the row of ``symbol`` shows a tick other than ``seen``; return its seq."""
+    expect(row(page, symbol)).not_to_have_attribute("data-seq", seen, timeout=UPDATE_MS)
+    return row(page, symbol).get_attribute("data-seq")
+
+
+def assert_strict_csp(response: Response) -> None:
+    policy = response.headers.get("content-security-policy", "")
+    directives = {d.strip() for d in policy.split(";")}
+    assert "default-src 'self'" in directives, policy
+    assert "script-src 'self'" in directives, policy
+    assert "style-src 'self'" in directives, policy
+
+
+def screenshot(page: Page, name: str) -> None:
+    """Save a full-page screenshot once no swap is in the middle of settling."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    expect(page.locator(".htmx-settling")).to_have_count(0)
+    page.screenshot(path=SCREENSHOTS / name, full_page=True)
+
+
+def is_page_or_static(path: str) -> bool:
+    return path == "/" or path.startswith(("/static/", "/symbols/"))
+
+
+# --- the table ------------------------------------------------------------------------
+
+
+def test_table_opens_exactly_one_stream_and_every_row_updates_through_it(table):
+    page, watch, response = table
+    assert response.status == 200
+    symbols = symbols_of(page)
+    assert len(symbols) >= MIN_SYMBOLS, symbols
+    first_prices = {s: row(page, s).locator(".last").inner_text() for s in symbols}
+
+    # Round by round, every row must show a tick it did not show at the last look:
+    # after UPDATES_PER_ROW rounds, each row has changed at least that many times.
+    seen = {s: row(page, s).get_attribute("data-seq") for s in symbols}
+    for _ in range(UPDATES_PER_ROW):
+        for symbol in symbols:
+            seen[symbol] = wait_for_new_tick(page, symbol, seen[symbol])
+
+    prices = {s: row(page, s).locator(".last").inner_text() for s in symbols}
+    assert prices != first_prices, "rows re-rendered but no price moved"
+
+    streams = watch.streams()
+    assert len(streams) == 1, [r.url for r in streams]
+    (stream,) = streams
+    assert stream.resource_type == "eventsource"
+    assert urlsplit(stream.url).path == "/stream"
+    requested = parse_qs(urlsplit(stream.url).query)["symbols"][0].split(",")
+    assert requested == symbols
+    # So every change above arrived through that one stream: nothing else was fetched.
+    others = [p for p in watch.paths() if not p.startswith("/stream")]
+    assert all(is_page_or_static(p) for p in others), others
+    assert watch.errors == []
+    screenshot(page, "table.png")
+
+
+def test_table_page_sends_a_strict_csp_and_breaks_none_of_it(table):
+    page, watch, response = table
+    assert_strict_csp(response)
+    symbol = symbols_of(page)[0]
+    seq = row(page, symbol).get_attribute("data-seq")
+    wait_for_new_tick(page, symbol, seq)  # swaps happened under the policy
+    assert watch.errors == []
+
+
+def test_a_csp_violation_would_be_reported(table):
+    """The error watch is not blind: an inline style is refused and shows up as an error."""
+    page, watch, _ = table
+    heading = page.locator("h1")
+    colour = heading.evaluate("h1 => getComputedStyle(h1).color")
+    with page.expect_console_message(lambda m: "Content Security Policy" in m.text):
+        heading.evaluate("h1 => h1.setAttribute('style', 'color: rgb(1, 2, 3)')")
+    expect(heading).to_have_css("color", colour)
+    assert any("Content Security Policy" in e for e in watch.errors), watch.errors
+
+
+def test_other_requests_complete_promptly_while_the_table_streams(table, open_page):
+    page, watch, _ = table
+    symbol = symbols_of(page)[0]
+    wait_for_new_tick(page, symbol, row(page, symbol).get_attribute("data-seq"))
+
+    # A second tab of the same browser context shares the connection pool with the stream.
+    other = page.context.new_page()
+    started = time.monotonic()
+    response = other.goto("/api/quotes")
+    elapsed = time.monotonic() - started
+    assert response.status == 200
+    assert len(response.json()["quotes"]) >= MIN_SYMBOLS
+    assert elapsed < PROMPT_S, f"/api/quotes took {elapsed:.2f}s beside the stream"
+    assert len(watch.streams()) == 1
+    # ... and the table kept streaming meanwhile.
+    wait_for_new_tick(page, symbol, row(page, symbol).get_attribute("data-seq"))
+
+
+def test_table_fits_a_phone_screen(gunicorn, open_page):
+    page, watch = open_page(gunicorn, viewport=PHONE, is_mobile=True, has_touch=True)
+    page.goto("/")
+    symbol = symbols_of(page)[0]
+    wait_for_new_tick(page, symbol, row(page, symbol).get_attribute("data-seq"))
+    # Which columns a phone drops is a design choice; these three are the point of a row.
+    for cell in (".symbol", ".last", ".change-pct"):
+        expect(row(page, symbol).locator(cell)).to_be_in_viewport()
+    # The table may scroll inside its box, the page itself must not scroll sideways.
+    page_width = page.evaluate("document.documentElement.scrollWidth")
+    assert page_width <= PHONE["width"], page_width
+    assert watch.errors == []
+    screenshot(page, "table-phone.png")
+
+
+# --- a symbol's page ------------------------------------------------------------------
+
+
+def test_symbol_page_updates_from_its_own_stream(gunicorn, open_page):
+    symbol = gunicorn.get_json("/api/quotes")["quotes"][0]["symbol"]
+    page, watch = open_page(gunicorn)
+    response = page.goto(f"/symbols/{symbol}")
+    assert response.status == 200
+    assert_strict_csp(response)
+    assert symbols_of(page) == [symbol]
+
+    seq = row(page, symbol).get_attribute("data-seq")
+    for _ in range(UPDATES_PER_ROW):
+        seq = wait_for_new_tick(page, symbol, seq)
+
+    streams = watch.streams()
+    assert [urlsplit(r.url).path for r in streams] == [f"/stream/{symbol}"]
+    assert streams[0].resource_type == "eventsource"
+    others = [p for p in watch.paths() if not p.startswith("/stream")]
+    assert all(is_page_or_static(p) for p in others), others
+    assert watch.errors == []
+    screenshot(page, "symbol.png")
+
+
+def test_pages_name_an_icon_the_browser_can_load(table):
+    """Without one, Chromium fetches /favicon.ico by itself and logs the 404 as an error."""
+    page, _, _ = table
+    icons = page.locator("link[rel~=icon]")
+    href = icons.first.get_attribute("href") if icons.count() else "/favicon.ico"
+    if not href.startswith("data:"):
+        assert page.context.request.get(href).status == 200, href
+
+
+# --- a restart under an open page -----------------------------------------------------
+
+
+def test_table_resumes_with_a_fresh_snapshot_after_a_server_restart(
+    tmp_path, open_page
+):
+    log_path = tmp_path / "restart.log"
+    old = Server.procfile(log_path).start()
+    new = None
+    try:
+        page, watch = open_page(old)
+        page.goto("/")
+        symbols = symbols_of(page)
+        first = symbols[0]
+        wait_for_new_tick(page, first, row(page, first).get_attribute("data-seq"))
+
+        sigterm_ms = time.time() * 1000
+        old.stop()
+        stopped_ms = time.time() * 1000
+        frozen = {s: row(page, s).get_attribute("data-ts") for s in symbols}
+        new = Server.procfile(log_path, port=old.port).start()
+        ready_ms = time.time() * 1000
+        ready = time.monotonic()
+
+        # The first row to show a quote other than the one it froze with.
+        changed = page.locator(
+            ", ".join(f'#quote-{s}:not([data-ts="{ts}"])' for s, ts in frozen.items())
+        )
+        expect(changed.first).to_be_attached(timeout=RECONNECT_BUDGET_S * 1000)
+        reconnect_s = time.monotonic() - ready
+        # A fresh snapshot comes as one write and is swapped in one go: by the time the
+        # first changed row is seen, every row has changed. Ticks alone would trickle in.
+        changed_at_once = changed.count()
+
+        record_reconnect(
+            reconnect_s,
+            changed_at_once,
+            len(symbols),
+            watch,
+            marks={
+                "sigterm": sigterm_ms,
+                "old_exited": stopped_ms,
+                "new_ready": ready_ms,
+            },
+        )
+        assert reconnect_s < RECONNECT_BUDGET_S
+        assert changed_at_once == len(symbols), (changed_at_once, len(symbols))
+        for symbol in symbols:  # ... and every row now shows the new server's market
+            assert int(row(page, symbol).get_attribute("data-ts")) > stopped_ms
+        assert watch.paths().count("/") == 1, "the page was reloaded"
+        # One stream again, not one per retry that ever fired.
+        new.wait_for(lambda h: h["streams"]["total"] == 1, "exactly one stream")
+        seq = row(page, first).get_attribute("data-seq")
+        wait_for_new_tick(page, first, seq)  # and it keeps updating
+    finally:
+        old.stop()
+        if new is not None:
+            new.stop()
+
+
+def record_reconnect(
+    seconds: float, at_once: int, row_count: int, watch: Watch, marks: dict[str, float]
+) -> None:
+    """Print and keep what the reconnect took, with every stream attempt the page made.
+
+    Times are seconds after the SIGTERM, from the browser's own request timing.
+    """
+    zero = marks["sigterm"]
+    attempts = []
+    for request in watch.streams():
+        response = None if request.failure else request.response()
+        started = request.timing["startTime"]
+        attempts.append(
+            {
+                "at_s": round((started - zero) / 1000, 2) if started > 0 else None,
+                "status": response.status if response else None,
+                "failure": request.failure,
+                "last_event_id": request.all_headers().get("last-event-id"),
+            }
+        )
+    report = {
+        "seconds_from_server_ready_to_first_row_update": round(seconds, 3),
+        "rows_changed_at_first_update": at_once,
+        "rows": row_count,
+        "marks_s": {k: round((v - zero) / 1000, 2) for k, v in marks.items()},
+        "stream_attempts": attempts,
+    }
+    RECONNECT_REPORT.parent.mkdir(parents=True, exist_ok=True)
+    RECONNECT_REPORT.write_text(json.dumps(report, indent=2) + "\n")
+    print(
+        f"\nreconnect: first row update {seconds:.2f}s after the new server was ready"
+    )
+
+
+# --- what a viewer sees while rows change -----------------------------------------------
+
+ARROW_MISMATCHES_JS = """() => [...document.querySelectorAll('tr.quote')].filter(row => {
+    const arrow = row.querySelector('.arrow').textContent.trim();
+    const wanted = row.classList.contains('tick-up') ? '\u25b2'
+        : row.classList.contains('tick-down') ? '\u25bc' : '\u00b7';
+    return arrow !== wanted;
+}).length"""
+
+
+def test_arrow_and_its_colour_always_agree_while_rows_swap(table):
+    page, _, _ = table
+    seq = row(page, symbols_of(page)[0]).get_attribute("data-seq")
+    wait_for_new_tick(page, symbols_of(page)[0], seq)
+    # htmx's default attribute settling would show each new row with the old row's classes
+    # for 20 ms; sample the whole table many times while it updates.
+    samples = [page.evaluate(ARROW_MISMATCHES_JS) for _ in range(200)]
+    assert sum(samples) == 0, samples
+
+
+def test_rows_say_they_are_stale_when_updates_stop(tmp_path, open_page):
+    server = Server.procfile(tmp_path / "stale.log").start()
+    try:
+        page, _ = open_page(server)
+        page.goto("/")
+        flags = page.locator("tr.quote .stale-flag")
+        symbol = symbols_of(page)[0]
+        wait_for_new_tick(page, symbol, row(page, symbol).get_attribute("data-seq"))
+        for i in range(flags.count()):
+            expect(flags.nth(i)).to_be_hidden()
+    finally:
+        server.stop()
+    # No more ticks: with TICKER_INTERVAL=0.2 a row is stale after 2 s without an update,
+    # and the page shows it with CSS alone.
+    for i in range(flags.count()):
+        expect(flags.nth(i)).to_be_visible(timeout=UPDATE_MS)
+    screenshot(page, "table-stale.png")
