@@ -12,9 +12,10 @@ settings = Settings.from_env()
 
 bind = f"0.0.0.0:{settings.port}"
 worker_class = "gevent"
-# One gevent worker holds thousands of streams; each worker runs its own feed unless Redis
-# is configured (see README), so the default is one.
-workers = settings.web_concurrency
+# One gevent worker holds thousands of streams. Several workers need Redis to share one
+# market; without it each would run its own feed and show different prices, so then we
+# run one worker and say so (see on_starting) rather than start silently wrong.
+workers = settings.web_concurrency if settings.redis_url else 1
 # gunicorn's default of 1000 silently caps viewers: connection 1001 is accepted and hangs.
 # Leave room above MAX_STREAMS for page loads, API calls and refused-with-503 streams.
 worker_connections = settings.max_streams + 1000
@@ -39,8 +40,9 @@ if _soft < _hard:
 def on_starting(server):
     if settings.web_concurrency > 1 and not settings.redis_url:
         server.log.warning(
-            "WEB_CONCURRENCY=%d without REDIS_URL: each worker runs its own feed, so viewers "
-            "on different workers see different prices. Set REDIS_URL or use one worker.",
+            "WEB_CONCURRENCY=%d but no REDIS_URL: running ONE worker. Separate workers "
+            "would each run their own feed and show different prices; set REDIS_URL to "
+            "share one market between workers.",
             settings.web_concurrency,
         )
 

@@ -99,7 +99,7 @@ class Server:
             if self.process.poll() is not None:
                 raise AssertionError(f"server exited at start:\n{self.log()}")
             try:
-                if self.get_json("/healthz")["feed"]["running"]:
+                if self.get_json("/healthz")["bus"]["connected"]:
                     return self
             except (OSError, http.client.HTTPException):
                 pass
@@ -224,6 +224,13 @@ class SSEClient:
                 current.id = value
             elif name == "retry" and value.isdigit():
                 current.retry = int(value)
+
+    def next_data(self) -> Event:
+        """The next event that carries data, skipping retry hints and comments."""
+        while True:
+            event = self.next()
+            if event.data or event.event != "message":
+                return event
 
     def events_until(self, predicate, timeout: float = 10.0) -> list[Event]:
         """Read events until ``predicate(events_so_far)`` is true; fail after ``timeout``."""

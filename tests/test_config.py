@@ -55,6 +55,7 @@ def test_bad_values_name_the_setting(env, name):
 def test_gunicorn_config_follows_the_settings(monkeypatch):
     monkeypatch.setenv("PORT", "6123")
     monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
     monkeypatch.setenv("MAX_STREAMS", "4000")
     conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
     assert conf["bind"] == "0.0.0.0:6123"
@@ -64,3 +65,9 @@ def test_gunicorn_config_follows_the_settings(monkeypatch):
     assert conf["preload_app"] is False
     assert conf["graceful_timeout"] < 30
     assert conf["control_socket_disable"] is True
+
+
+def test_several_workers_without_redis_run_one_worker_instead_of_two_markets(monkeypatch):
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    assert runpy.run_path(str(ROOT / "gunicorn.conf.py"))["workers"] == 1

@@ -39,6 +39,8 @@ def test_one_symbol_stream_starts_with_retry_hint_and_snapshot_then_ticks_with_r
     with SSEClient(server.base, f"/stream/{symbol}") as client:
         first = client.next()
         assert first.retry == 1000
+        hello = client.next()
+        assert hello.comments and hello.comments[0].startswith("process ")
         snapshot = client.next()
         assert snapshot.event == symbol
         assert f'data-symbol="{symbol}"' in snapshot.data
@@ -90,9 +92,8 @@ def test_duplicate_and_lower_case_symbols_collapse_to_one_subscription(server):
     symbol = symbols_of(server)[1]
     path = f"/stream?symbols={symbol},{symbol.lower()},{symbol}"
     with SSEClient(server.base, path) as client:
-        client.next()  # retry
-        snapshot = client.next()
-        following = client.next()
+        snapshot = client.next_data()
+        following = client.next_data()
     assert snapshot.event == following.event == symbol
     assert int(following.id) > int(snapshot.id), "one snapshot, not three"
 
@@ -100,8 +101,12 @@ def test_duplicate_and_lower_case_symbols_collapse_to_one_subscription(server):
 def test_heartbeat_comments_arrive(server):
     symbol = symbols_of(server)[0]
     with SSEClient(server.base, f"/stream/{symbol}") as client:
-        events = client.events_until(lambda ev: any(e.comments for e in ev), timeout=5)
-    assert any("heartbeat" in c for e in events for c in e.comments)
+        events = client.events_until(
+            lambda ev: sum("heartbeat" in c for e in ev for c in e.comments) >= 2,
+            timeout=5,
+        )
+    beats = [i for i, e in enumerate(events) for c in e.comments if "heartbeat" in c]
+    assert len(beats) == 2 and beats[1] > beats[0] + 1, "ticks flow between heartbeats"
 
 
 def test_a_closed_client_is_released(server):

@@ -51,7 +51,9 @@ def stale_after_s(ticker_interval: float) -> int:
     swapped, and shows the stale marker once it has run this long uninterrupted.
     """
     wanted = 5 * ticker_interval
-    return next((s for s in STALE_AFTER_CHOICES_S if s >= wanted), STALE_AFTER_CHOICES_S[-1])
+    return next(
+        (s for s in STALE_AFTER_CHOICES_S if s >= wanted), STALE_AFTER_CHOICES_S[-1]
+    )
 
 
 def create_app(settings: Settings | None = None) -> Flask:

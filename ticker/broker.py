@@ -8,6 +8,7 @@ stalled viewer costs a bounded amount of memory and never slows anyone else down
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -103,6 +104,8 @@ class Broker:
         self.open_by_route: Counter[str] = Counter()
         self.conflated = 0  # updates replaced by a newer one before a viewer read them
         self.published = 0
+        self.last_seq = 0  # the newest sequence number seen on any topic
+        self.last_quote_at: float | None = None  # time.time() of the newest quote
         self.closing = False
 
     @property
@@ -121,12 +124,19 @@ class Broker:
     ) -> None:
         """Deliver ``payload`` to every subscriber of ``topic`` and remember it as latest."""
         self._latest[topic] = (seq, payload)
+        self.last_seq = max(self.last_seq, seq)
         if quote is not None:
             self.quotes[topic] = quote
+            self.last_quote_at = time.time()
         self.published += 1
         for sub in self._subscribers.get(topic, ()):
             if sub.offer(topic, seq, payload):
                 self.conflated += 1
+
+    def latest_seq(self, topic: str) -> int:
+        """Sequence number of the latest event of ``topic`` (0 if none yet)."""
+        latest = self._latest.get(topic)
+        return 0 if latest is None else latest[0]
 
     def subscribe(
         self, route: str, symbols: Iterable[str], client: str = ""

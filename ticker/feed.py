@@ -175,6 +175,13 @@ class Market:
                 c.symbol, c.name, c.sector, p, p, p, p, p, 0, now, self.seq
             )
 
+    def restore(self, quotes: dict[str, Quote]) -> None:
+        """Continue from ``quotes`` (e.g. the last published ones) instead of the open."""
+        for symbol, quote in quotes.items():
+            if symbol in self.companies:
+                self.quotes[symbol] = quote
+                self.seq = max(self.seq, quote.seq)
+
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
@@ -224,6 +231,7 @@ class Feed:
         self.ticks = 0
         self.restarts = 0
         self.last_tick_at: float | None = None  # time.time() of the latest tick
+        self.started_at: float | None = None
 
     @property
     def running(self) -> bool:
@@ -232,6 +240,7 @@ class Feed:
     def start(self) -> None:
         """Start the feed greenlet; calling it again while it runs does nothing."""
         if not self.running:
+            self.started_at = time.time()
             self._greenlet = gevent.spawn(self._supervise)
 
     def stop(self) -> None:

@@ -51,6 +51,17 @@ class TickerCollector(Collector):
         }
         for name, (doc, value) in counters.items():
             yield CounterMetricFamily(name, doc, value=value)
+        bus = self.service.bus.status()
+        yield GaugeMetricFamily(
+            "ticker_bus_connected",
+            "1 if the bus (Redis, if used) is connected",
+            value=int(bus["connected"]),
+        )
+        yield GaugeMetricFamily(
+            "ticker_feed_leader",
+            "1 if this process runs the feed",
+            value=int(bus["leader"]),
+        )
         if feed.last_tick_at is not None:
             yield GaugeMetricFamily(
                 "ticker_last_tick_age_seconds",

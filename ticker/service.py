@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
+from dataclasses import replace
 
 import gevent
 from flask import Flask
 from markupsafe import escape
 
 from ticker.broker import BROADCAST, Broker
+from ticker.bus import Bus, LocalBus, RedisBus
 from ticker.clients import parse_trusted
 from ticker.config import Settings
 from ticker.feed import Feed, Market, Quote, make_universe
@@ -25,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 class Service:
-    """Owns the market, its feed and the broker for one app."""
+    """Owns the market, its feed, the broker and the bus between them for one app."""
 
     def __init__(self, app: Flask, settings: Settings) -> None:
         self.settings = settings
@@ -33,58 +36,86 @@ class Service:
         self.symbols = tuple(c.symbol for c in self.companies)
         self.market = Market(self.companies)
         self.broker = Broker(settings.max_streams, settings.max_streams_per_client)
+        self.bus: Bus = (
+            RedisBus(settings.redis_url, _namespace(settings), self.broker)
+            if settings.redis_url
+            else LocalBus(self.broker)
+        )
         self.trusted_proxies = parse_trusted(settings.forwarded_allow_ips)
         self.feed = Feed(self.market, self.publish_quote, settings.ticker_interval)
         self._row = app.jinja_env.get_template("_quote_row.html")
         self._banner = app.jinja_env.get_template("_banner.html")
-        self.broadcast_message = ""
         self.broadcasts = 0
         self.started_at = time.time()
+        # Names this process in logs, /healthz and each stream's first comment, so "which
+        # worker am I on?" has an answer without exposing anything about the host.
+        self.process_id = uuid.uuid4().hex[:8]
         self._reaper: gevent.Greenlet | None = None
+        # Opening quotes, so pages and streams have a snapshot before the first tick (with
+        # Redis, until the current market arrives from it).
         for quote in self.market.quotes.values():
-            self.publish_quote(quote)
+            self.broker.publish(
+                quote.symbol, quote.seq, self.encode_quote(quote), quote
+            )
 
     def render_row(self, quote: Quote) -> str:
         """The table row for ``quote``: the same partial the pages include."""
         return self._row.render(q=quote)
 
-    def publish_quote(self, quote: Quote) -> None:
-        """Render and encode ``quote`` once, then hand the bytes to the broker."""
-        payload = encode_event(self.render_row(quote), event=quote.symbol, id=quote.seq)
-        self.broker.publish(quote.symbol, quote.seq, payload, quote)
+    def encode_quote(self, quote: Quote) -> bytes:
+        return encode_event(self.render_row(quote), event=quote.symbol, id=quote.seq)
 
-    def render_banner(self, message: str) -> str:
-        return self._banner.render(message=message)
+    def publish_quote(self, quote: Quote) -> None:
+        """Give a tick its sequence number, render and encode it once, and publish it."""
+        seq = self.bus.claim_seq(quote.seq)
+        if seq is None:
+            return  # no longer the leader: the bus is about to stop this feed
+        quote = replace(quote, seq=seq)
+        self.bus.publish(quote.symbol, seq, self.encode_quote(quote), quote)
 
     def broadcast(self, message: str) -> int:
-        """Show ``message`` to every viewer; return how many streams it was queued to."""
-        self.broadcast_message = message
+        """Show ``message`` to every viewer (of every process); return local open streams."""
         self.broadcasts += 1
         log.info(
-            "broadcast to %d streams: %s", self.broker.open_streams, escape(message)
+            "broadcast to %d local streams: %s",
+            self.broker.open_streams,
+            escape(message),
         )
         # No SSE id: ids stay the market's sequence numbers, so they only ever increase.
-        payload = encode_event(self.render_banner(message), event=BROADCAST)
-        self.broker.publish(BROADCAST, self.market.seq, payload)
+        payload = encode_event(self._banner.render(message=message), event=BROADCAST)
+        self.bus.publish(BROADCAST, self.broker.last_seq, payload)
         return self.broker.open_streams
 
     def start(self) -> None:
-        """Start the feed. Idempotent: a second call while it runs does nothing."""
-        if not self.feed.running:
-            log.info(
-                "feed starting: %d symbols, one tick per %.2fs each",
-                len(self.symbols),
-                self.settings.ticker_interval,
-            )
-        self.feed.start()
+        """Join the bus (which starts the feed here if this process leads) and start
+        dropping stalled streams. Idempotent."""
+        self.bus.start(self._on_elected, self._on_deposed)
         if self._reaper is None:
             self._reaper = gevent.spawn(self._drop_stalled_streams)
 
+    def _on_elected(self) -> None:
+        # Continue from the last published prices (no jump back to the open), and never
+        # hand out a sequence number below one that viewers have already seen.
+        state = self.bus.load_quotes() or dict(self.broker.quotes)
+        self.market.restore(state)
+        if isinstance(self.bus, RedisBus):
+            self.bus.raise_seq_floor(self.broker.last_seq)
+        log.info(
+            "feed starting: %d symbols, one tick per %.2fs each",
+            len(self.symbols),
+            self.settings.ticker_interval,
+        )
+        self.feed.start()
+
+    def _on_deposed(self) -> None:
+        self.feed.stop()
+
     def stop(self) -> None:
-        """End all streams and the feed (the process is shutting down)."""
+        """End all streams, the feed and the bus (the process is shutting down)."""
         log.info("shutting down: closing %d streams", self.broker.open_streams)
         self.broker.close()
         self.feed.stop()
+        self.bus.stop()
         if self._reaper is not None:
             self._reaper.kill()
             self._reaper = None
@@ -105,6 +136,11 @@ class Service:
                 callback, sub.on_stall = sub.on_stall, None  # once is enough
                 if callback is not None:
                     callback()
+
+
+def _namespace(settings: Settings) -> str:
+    """Redis key prefix: processes share a market only if they make the same universe."""
+    return f"ticker:{settings.ticker_seed}:{settings.ticker_symbols}"
 
 
 def get_service(app: Flask) -> Service:

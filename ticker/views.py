@@ -28,7 +28,7 @@ from werkzeug.exceptions import HTTPException
 from ticker.broker import ClientLimitReached, StreamLimitReached, Subscription
 from ticker.clients import HangupWatch, client_address, client_socket
 from ticker.service import Service, get_service
-from ticker.sse import HEARTBEAT, encode_retry
+from ticker.sse import HEARTBEAT, encode_comment, encode_retry
 
 log = logging.getLogger(__name__)
 bp = Blueprint("views", __name__)
@@ -72,7 +72,6 @@ def index() -> str:
         "index.html",
         quotes=quotes,
         symbols=service.symbols,
-        banner=service.broadcast_message,
     )
 
 
@@ -85,7 +84,6 @@ def symbol_page(symbol: str) -> str:
         "symbol.html",
         q=service.broker.quotes[symbol],
         company=service.market.companies[symbol],
-        banner=service.broadcast_message,
     )
 
 
@@ -129,11 +127,16 @@ def _open_stream(route: str, symbols: tuple[str, ...]) -> Response:
     watch = HangupWatch(sock, sub.close) if sock is not None else None
     if sock is not None:
         # Shutting the socket down fails the stuck write, and the server then closes us.
-        sub.on_stall = lambda: _shutdown(sock)
+        sub.on_stall = lambda: _shutdown(sock, socket.SHUT_RDWR)
 
     def release() -> None:
         if watch is not None:
             watch.stop()
+        if sock is not None:
+            # A stream's connection is never reused: once the server has written the
+            # final chunk it closes, instead of idling in keep-alive (which would also
+            # hold a shutting-down worker for the whole keep-alive timeout).
+            _shutdown(sock, socket.SHUT_RD)
         if broker.unsubscribe(sub):
             log.info(
                 "stream closed client=%s route=%s after=%.1fs open=%d",
@@ -143,7 +146,10 @@ def _open_stream(route: str, symbols: tuple[str, ...]) -> Response:
                 broker.open_streams,
             )
 
-    response = _sse_response(_events(sub, settings.heartbeat_s, settings.retry_ms, release))
+    hello = encode_retry(settings.retry_ms) + encode_comment(
+        f"process {service.process_id}"
+    )
+    response = _sse_response(_events(sub, settings.heartbeat_s, hello, release))
     # If the server closes the response before the body ever started, the generator's
     # ``finally`` would not run: this makes sure the subscription is freed either way.
     response.call_on_close(release)
@@ -158,23 +164,25 @@ def _sse_response(body: Iterator[bytes]) -> Response:
     return response
 
 
-def _shutdown(sock: socket.socket) -> None:
-    """Shut the connection down under the stuck write, which then fails with EPIPE.
+def _shutdown(sock: socket.socket, how: int) -> None:
+    """Shut the connection down (``how``: SHUT_RD or SHUT_RDWR) without closing it.
 
-    Done through a duplicate descriptor: gevent's own ``shutdown`` would instead cancel the
-    waiting write with EBADF, which gunicorn logs as an unexpected error with a traceback.
+    Done through a duplicate descriptor: gevent's own ``shutdown`` cancels any greenlet
+    waiting on the socket with EBADF, which gunicorn logs as an unexpected error. Shut
+    down underneath it, a stuck write fails with a quiet EPIPE instead.
     """
     try:
         with socket.fromfd(sock.fileno(), sock.family, sock.type) as dup:
-            dup.shutdown(socket.SHUT_RDWR)
+            dup.shutdown(how)
     except OSError:
         pass  # already gone
 
 
 def _events(
-    sub: Subscription, heartbeat_s: float, retry_ms: int, release: Callable[[], None]
+    sub: Subscription, heartbeat_s: float, hello: bytes, release: Callable[[], None]
 ) -> Iterator[bytes]:
-    """The body of a stream: retry hint and snapshot at once, then updates and heartbeats.
+    """The body of a stream: ``hello`` (retry hint) and snapshot at once, then updates
+    and heartbeats.
 
     Everything pending goes out in one write. The generator resumes only once the server
     has written what it yielded, so ``writing_since`` tells how long a write has been stuck.
@@ -183,7 +191,7 @@ def _events(
     """
     try:
         sub.writing_since = time.monotonic()
-        yield encode_retry(retry_ms) + (sub.take(0) or b"")
+        yield hello + (sub.take(0) or b"")
         sub.writing_since = None
         next_heartbeat = time.monotonic() + heartbeat_s
         while True:
@@ -228,23 +236,24 @@ def api_quotes() -> Response:
 
 @bp.get("/healthz")
 def healthz() -> Response:
-    """Liveness plus what an operator wants at a glance: is the feed ticking, who is watching."""
+    """Liveness plus what an operator wants at a glance: is the market moving (here, or
+    through Redis), is the bus connected, who is watching."""
     service = _service()
-    feed, broker = service.feed, service.broker
-    age = (
-        None if feed.last_tick_at is None else round(time.time() - feed.last_tick_at, 3)
-    )
-    stale_after = max(5.0, 5 * service.settings.ticker_interval)
+    feed, broker, bus = service.feed, service.broker, service.bus.status()
+    now = time.time()
+    # Quiet since the last quote arrived, or since start if none has yet.
+    quiet = now - (broker.last_quote_at or service.started_at)
+    fresh = quiet < max(5.0, 5 * service.settings.ticker_interval)
     return jsonify(
-        status="ok"
-        if feed.running and age is not None and age < stale_after
-        else "degraded",
+        status="ok" if fresh and bus["connected"] else "degraded",
         pid=os.getpid(),
+        process=service.process_id,
+        bus=bus,
         feed={
             "running": feed.running,
             "ticks": feed.ticks,
             "restarts": feed.restarts,
-            "last_tick_age_s": age,
+            "last_quote_age_s": round(quiet, 3),
             "symbols": len(service.symbols),
         },
         streams={
@@ -266,6 +275,7 @@ def broadcast() -> tuple[Response, int]:
     given = request.headers.get("Authorization", "")
     if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
         abort(401, "A valid 'Authorization: Bearer <ADMIN_TOKEN>' header is required.")
+    _refuse_oversized_body()
     if request.is_json:
         data = request.get_json(silent=True)
         message = data.get("message") if isinstance(data, dict) else None
@@ -281,6 +291,19 @@ def broadcast() -> tuple[Response, int]:
         )
     streams = service.broadcast(message)
     return jsonify(sent=True, streams=streams), 202
+
+
+def _refuse_oversized_body() -> None:
+    """413 for a body over MAX_CONTENT_LENGTH, however it was sent.
+
+    Werkzeug refuses an oversized Content-Length itself, but a chunked body it silently
+    cuts at the limit: reading one byte past what it let through tells the two apart.
+    """
+    data = request.get_data(cache=True)  # the form and JSON parsers reuse this
+    if len(data) >= current_app.config["MAX_CONTENT_LENGTH"] and request.environ[
+        "wsgi.input"
+    ].read(1):
+        abort(413, "The message body is too large.")
 
 
 @bp.app_errorhandler(HTTPException)

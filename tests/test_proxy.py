@@ -1,0 +1,434 @@
+"""The app behind a real nginx (Debian's ``/usr/sbin/nginx``), configured by ``docs/nginx.conf``.
+
+Each test's nginx is a throwaway foreground process (``nginx -p <tmp> -c <conf> -g 'daemon
+off;'``) on free loopback ports, with its pid file, logs and temp dirs under pytest's tmp; it
+never reads ``/etc/nginx`` or needs port 80. It serves two things:
+
+- the shipped sample, ``docs/nginx.conf``, with only its listen address, the app's address
+  and its ``proxy_read_timeout`` swapped (3 s stands in for the 60 s an idle stream must
+  survive, so the tests take seconds, not minutes);
+- a bare ``proxy_pass`` with nginx's defaults (HTTP/1.0 to the app, buffering on), once as
+  is and once with ``proxy_ignore_headers X-Accel-Buffering``: the second shows what the
+  app's header saves viewers from, so "events arrive promptly" is a claim that could fail.
+
+Buffering stays on everywhere (nginx's default): the app's ``X-Accel-Buffering: no`` must be
+what gets events through. The app runs from the Procfile (gunicorn, gevent worker).
+
+Needs nginx (``apt-get install nginx``; ``TICKER_NGINX=/path`` selects another binary).
+Without it these tests skip, except on CI (``CI=true``), where they fail.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+from typing import Self
+
+import pytest
+from support import ROOT, Event, Server, SSEClient, free_port
+
+NGINX = os.environ.get("TICKER_NGINX", "/usr/sbin/nginx")
+HOW_TO_ENABLE = (
+    "enable the proxy tests with `apt-get install nginx` "
+    "(TICKER_NGINX=/path selects another nginx binary)"
+)
+SAMPLE = ROOT / "docs" / "nginx.conf"
+
+# Stands in for nginx's 60 s proxy_read_timeout (and a PaaS router's idle timeout).
+READ_TIMEOUT_S = 3
+# A tick counts as prompt if it reaches the viewer this soon after the app made it.
+PROMPT_S = 0.25
+# How long each test watches a ticking stream (TICKER_INTERVAL=0.2: about 10 ticks).
+WATCH_S = 2.0
+# A market that never ticks in practice: each symbol's first tick falls at a random point
+# of its first interval, so the chance of one during a test is about 1 in 10**8.
+NO_TICKS = {"TICKER_SYMBOLS": "1", "TICKER_INTERVAL": "1e9"}
+
+
+# --- nginx ---------------------------------------------------------------------------
+
+
+def sample_site(app_port: int, listen_port: int) -> str:
+    """``docs/nginx.conf`` pointed at the test's app and port, with the short read timeout."""
+    text = SAMPLE.read_text()
+    swaps = {
+        "listen 80;": f"listen 127.0.0.1:{listen_port};",
+        "listen [::]:80;": "",
+        "server 127.0.0.1:5000;": f"server 127.0.0.1:{app_port};",
+        "proxy_read_timeout 60s;": f"proxy_read_timeout {READ_TIMEOUT_S}s;",
+    }
+    for old, new in swaps.items():
+        assert text.count(old) == 1, (
+            f"docs/nginx.conf should contain {old!r} exactly once: this test swaps it"
+        )
+        text = text.replace(old, new)
+    return text
+
+
+class Nginx:
+    """A foreground nginx in ``prefix``: the sample config on ``port``, and on
+    ``bare_port`` a bare ``proxy_pass`` at ``/honoured/`` and ``/ignored/`` (which ignores
+    the app's ``X-Accel-Buffering``)."""
+
+    def __init__(self, binary: str, prefix: Path, app_port: int) -> None:
+        self.binary = binary
+        self.prefix = prefix
+        self.app_port = app_port
+        self.port = free_port()
+        self.bare_port = free_port()
+        self.error_log = prefix / "error.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def bare_base(self) -> str:
+        return f"http://127.0.0.1:{self.bare_port}"
+
+    def config(self) -> str:
+        p = self.prefix
+        # A root master switches its workers to `nobody`, who cannot enter pytest's
+        # private tmp dirs; this throwaway instance keeps root (production: www-data).
+        user = "user root;" if os.geteuid() == 0 else ""
+        app = f"http://127.0.0.1:{self.app_port}/"
+        return f"""
+{user}
+worker_processes 1;
+pid {p}/nginx.pid;
+error_log {self.error_log} info;
+events {{ worker_connections 256; }}
+http {{
+    default_type application/octet-stream;
+    access_log {p}/access.log;
+    client_body_temp_path {p}/temp/client_body;
+    proxy_temp_path {p}/temp/proxy;
+    fastcgi_temp_path {p}/temp/fastcgi;
+    uwsgi_temp_path {p}/temp/uwsgi;
+    scgi_temp_path {p}/temp/scgi;
+    # As in Debian's stock /etc/nginx/nginx.conf.
+    sendfile on;
+    tcp_nopush on;
+    gzip on;
+
+    include {p}/ticker.conf;
+
+    server {{
+        listen 127.0.0.1:{self.bare_port};
+        location /honoured/ {{ proxy_pass {app}; }}
+        location /ignored/ {{
+            proxy_pass {app};
+            proxy_ignore_headers X-Accel-Buffering;
+        }}
+    }}
+}}
+"""
+
+    def start(self, timeout: float = 10.0) -> Self:
+        (self.prefix / "temp").mkdir(exist_ok=True)  # nginx makes only the last level
+        (self.prefix / "ticker.conf").write_text(sample_site(self.app_port, self.port))
+        conf = self.prefix / "nginx.conf"
+        conf.write_text(self.config())
+        with (self.prefix / "output.log").open("ab") as out:
+            self.process = subprocess.Popen(
+                [self.binary, "-p", f"{self.prefix}/", "-c", str(conf)]
+                + ["-e", str(self.error_log), "-g", "daemon off;"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"nginx exited at start:\n{self.log()}")
+            if all(_accepts(port) for port in (self.port, self.bare_port)):
+                return self
+            time.sleep(0.02)
+        self.stop()
+        raise AssertionError(f"nginx did not listen in {timeout}s:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()  # SIGTERM: nginx's fast shutdown, open streams and all
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def log(self) -> str:
+        parts = [self.prefix / "output.log", self.error_log]
+        return "\n".join(
+            p.read_text(errors="replace")[-3000:] for p in parts if p.exists()
+        )
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+# --- reading a stream against the clock ------------------------------------------------
+
+
+@dataclass
+class Watched:
+    """What one stream delivered: events with their arrival times, and how it ended."""
+
+    opened_at: float  # time.time() when the request was sent
+    events: list[tuple[float, Event]]  # (time.time() on arrival, event)
+    # Seconds from opened_at to the end of the stream; None if it was still open.
+    ended_after: float | None
+
+    @property
+    def quotes(self) -> list[tuple[float, Event]]:
+        return [(t, e) for t, e in self.events if 'data-ts="' in e.data]
+
+    @property
+    def heartbeats(self) -> list[float]:
+        return [t for t, e in self.events if "heartbeat" in e.comments]
+
+    def snapshot_after(self) -> float | None:
+        """Seconds from the request to the first quote (the snapshot)."""
+        return self.quotes[0][0] - self.opened_at if self.quotes else None
+
+    def tick_delays(self) -> list[float]:
+        """For every quote after the snapshot: seconds from the app's tick to its arrival."""
+        return [t - tick_time(e) for t, e in self.quotes[1:]]
+
+
+def tick_time(event: Event) -> float:
+    """When the app made this quote (the fragment's ``data-ts``, epoch milliseconds)."""
+    return int(re.search(r'data-ts="(\d+)"', event.data).group(1)) / 1000
+
+
+def watch(base: str, path: str, seconds: float, **headers: str) -> Watched:
+    """Read ``base + path`` for ``seconds`` at most, stamping each event as it arrives.
+
+    Every read has a socket timeout of the time left, so this never waits longer; a stream
+    that ends earlier (the server or a proxy closed it) stops the watch at once.
+    """
+    opened_at = time.time()
+    deadline = time.monotonic() + seconds
+    events: list[tuple[float, Event]] = []
+    try:
+        client = SSEClient(base, path, headers=headers, timeout=seconds)
+    except TimeoutError:  # not even the response headers came through in time
+        return Watched(opened_at, events, None)
+    with client:
+        assert client.status == 200, client.status
+        while (left := deadline - time.monotonic()) > 0:
+            client.conn.sock.settimeout(left)
+            try:
+                event = client.next()
+            except TimeoutError:
+                break
+            except (EOFError, http.client.IncompleteRead, ConnectionError):
+                return Watched(opened_at, events, time.time() - opened_at)
+            events.append((time.time(), event))
+    return Watched(opened_at, events, None)
+
+
+def summary(w: Watched) -> str:
+    delays = ", ".join(f"{d * 1000:.0f}" for d in w.tick_delays())
+    first = w.snapshot_after()
+    return (
+        f"snapshot after {'-' if first is None else f'{first * 1000:.0f} ms'}; "
+        f"{len(w.tick_delays())} ticks, delays (ms): [{delays}]; "
+        f"{len(w.heartbeats)} heartbeats; ended after {w.ended_after}"
+    )
+
+
+# --- fixtures ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nginx_binary() -> str:
+    if not os.access(NGINX, os.X_OK):
+        message = f"no nginx at {NGINX}: {HOW_TO_ENABLE}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return NGINX
+
+
+@pytest.fixture(scope="module")
+def app(nginx_binary, tmp_path_factory):
+    """The app as the Procfile runs it, ticking every 0.2 s per symbol."""
+    srv = Server.procfile(tmp_path_factory.mktemp("app") / "app.log").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def proxy(nginx_binary, app, tmp_path_factory):
+    nginx = Nginx(nginx_binary, tmp_path_factory.mktemp("nginx"), app.port).start()
+    yield nginx
+    nginx.stop()
+
+
+@pytest.fixture(scope="module")
+def symbol(app) -> str:
+    return app.get_json("/api/quotes")["quotes"][0]["symbol"]
+
+
+@dataclass
+class QuietRun:
+    with_heartbeats: Watched
+    without_heartbeats: Watched
+    with_heartbeats_log: str
+    without_heartbeats_log: str
+
+
+@pytest.fixture(scope="module")
+def quiet_run(nginx_binary, tmp_path_factory) -> QuietRun:
+    """Two tickless apps, each behind its own sample-config nginx, one with heartbeats every
+    0.5 s and one with heartbeats effectively off; both streams watched at the same time for
+    3x nginx's read timeout."""
+    tmp = tmp_path_factory.mktemp("quiet")
+    started: list[Server | Nginx] = []
+    try:
+        proxies = []
+        for name, heartbeat in (("with", "0.5"), ("without", "3600")):
+            srv = Server.procfile(
+                tmp / f"app-{name}.log", env={**NO_TICKS, "HEARTBEAT_S": heartbeat}
+            )
+            started.append(srv.start())
+            (tmp / name).mkdir()
+            proxies.append(Nginx(nginx_binary, tmp / name, srv.port))
+            started.append(proxies[-1].start())
+        with ThreadPoolExecutor(2) as pool:
+            runs = [
+                pool.submit(watch, p.base, "/stream", 3 * READ_TIMEOUT_S)
+                for p in proxies
+            ]
+            with_hb, without_hb = (r.result() for r in runs)
+        return QuietRun(with_hb, without_hb, proxies[0].log(), proxies[1].log())
+    finally:
+        for part in reversed(started):
+            part.stop()
+
+
+# --- events arrive promptly --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("route", ["sample_config", "bare_proxy_pass"])
+def test_events_arrive_promptly_through_nginx_with_default_buffering(
+    proxy, symbol, route
+):
+    base, path = {
+        "sample_config": (proxy.base, f"/stream/{symbol}"),
+        "bare_proxy_pass": (proxy.bare_base, f"/honoured/stream/{symbol}"),
+    }[route]
+    w = watch(base, path, WATCH_S)
+    print(f"\n{route}: {summary(w)}")
+    assert w.ended_after is None, summary(w)
+    assert w.snapshot_after() is not None and w.snapshot_after() < 1.0, summary(w)
+    delays = w.tick_delays()
+    assert len(delays) >= 5, f"too few ticks in {WATCH_S}s: {summary(w)}"
+    assert max(delays) < PROMPT_S, f"a tick was held up: {summary(w)}"
+
+
+def test_stream_headers_survive_the_proxy_and_gzip_leaves_the_stream_alone(
+    proxy, symbol
+):
+    status, headers, _ = _get(proxy.base, "/", **{"Accept-Encoding": "gzip"})
+    assert status == 200 and headers.get("Content-Encoding") == "gzip", headers
+    with SSEClient(
+        proxy.base, f"/stream/{symbol}", headers={"Accept-Encoding": "gzip"}
+    ) as client:
+        assert client.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+        assert client.headers["Cache-Control"] == "no-cache"
+        assert "Content-Encoding" not in client.headers, dict(client.headers)
+        client.events_until(lambda ev: any(e.event == symbol for e in ev), timeout=2)
+    # The same holds with gzip asked for: events still arrive at once.
+    w = watch(proxy.base, f"/stream/{symbol}", 1.0, **{"Accept-Encoding": "gzip"})
+    assert w.tick_delays() and max(w.tick_delays()) < PROMPT_S, summary(w)
+
+
+def test_without_the_apps_header_nginx_would_hold_events_in_its_buffer(proxy, symbol):
+    """The contrast that gives the test above its meaning: the same bare ``proxy_pass``,
+    told to ignore ``X-Accel-Buffering``, holds events until about 4 KB pile up."""
+    w = watch(proxy.bare_base, f"/ignored/stream/{symbol}", WATCH_S)
+    print(f"\nheader ignored: {summary(w)}")
+    delays = w.tick_delays()
+    held = not delays or max(delays) >= PROMPT_S + 0.05
+    assert held, (
+        f"nginx did not buffer, so the prompt test proves nothing: {summary(w)}"
+    )
+    first = w.snapshot_after()
+    assert first is None or first > PROMPT_S, (
+        f"even the snapshot should wait for the buffer: {summary(w)}"
+    )
+
+
+def test_the_sample_config_gives_the_app_the_viewers_address_not_a_spoofed_one(
+    proxy, app, symbol
+):
+    """nginx appends the peer to X-Forwarded-For and the app trusts only that last hop."""
+    spoofed = "203.0.113.66"
+    before = app.log_path.read_text(errors="replace")
+    with SSEClient(
+        proxy.base, f"/stream/{symbol}", headers={"X-Forwarded-For": spoofed}
+    ) as client:
+        client.events_until(lambda ev: any(e.event == symbol for e in ev), timeout=2)
+    opened = [
+        line
+        for line in app.log_path.read_text(errors="replace")[len(before) :].splitlines()
+        if "stream open" in line
+    ]
+    assert opened and all("client=127.0.0.1 " in line for line in opened), opened
+    assert spoofed not in "\n".join(opened)
+
+
+# --- heartbeats outlive the proxy's idle timeout -----------------------------------------
+
+
+def test_a_tickless_stream_stays_open_through_nginx_for_3x_its_read_timeout_on_heartbeats(
+    quiet_run,
+):
+    w = quiet_run.with_heartbeats
+    print(f"\nwith heartbeats: {summary(w)}")
+    assert w.ended_after is None, f"nginx cut the stream: {summary(w)}"
+    assert len(w.quotes) == 1, "only the snapshot: this market must not tick"
+    beats = w.heartbeats
+    assert len(beats) >= 3 * READ_TIMEOUT_S / 0.5 * 0.8, summary(w)
+    gaps = [b - a for a, b in pairwise([w.opened_at, *beats])]
+    assert max(gaps) < 1.5, f"heartbeats every 0.5 s, yet a gap of {max(gaps):.2f}s"
+    assert "upstream timed out" not in quiet_run.with_heartbeats_log
+
+
+def test_without_heartbeats_nginx_cuts_a_tickless_stream_at_its_read_timeout(
+    quiet_run,
+):
+    w = quiet_run.without_heartbeats
+    print(f"\nwithout heartbeats: {summary(w)}")
+    assert len(w.quotes) == 1 and not w.heartbeats, summary(w)
+    assert w.ended_after is not None, f"the stream was not cut: {summary(w)}"
+    assert READ_TIMEOUT_S - 0.2 <= w.ended_after <= READ_TIMEOUT_S + 1.5, summary(w)
+    assert "upstream timed out" in quiet_run.without_heartbeats_log
+
+
+def _get(base: str, path: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, dict(resp.headers), resp.read()
+    finally:
+        conn.close()

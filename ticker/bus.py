@@ -1,0 +1,287 @@
+"""How ticks reach the broker of every process: in-process, or through Redis.
+
+The service hands each rendered tick to a bus; the bus delivers it to the local broker of
+every process that serves viewers. :class:`LocalBus` is one process talking to itself.
+:class:`RedisBus` makes many processes (gunicorn workers, PaaS instances) one market:
+
+- exactly one process runs the feed: the holder of a Redis lock that expires unless its
+  holder renews it, so when a leader dies or hangs another takes over within seconds;
+- sequence numbers (the SSE ``id:``) come from one Redis counter, so they are global;
+- the latest event of every topic is kept in a Redis hash, so a process that starts (or a
+  leader that takes over) begins from the current market, not from the opening prices;
+- every process subscribes to one pub/sub channel and feeds its own broker from it.
+
+The leader's writes are fenced: a Lua script checks the lock before every publish, so a
+leader that hung past its lock's expiry cannot publish over its successor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Protocol
+
+import gevent
+
+from ticker.broker import BROADCAST, Broker
+from ticker.feed import Quote
+
+log = logging.getLogger(__name__)
+
+
+class Bus(Protocol):
+    """What the service needs from a bus; both implementations provide it."""
+
+    kind: str
+
+    def start(
+        self, on_elected: Callable[[], None], on_deposed: Callable[[], None]
+    ) -> None: ...
+    def stop(self) -> None: ...
+    def claim_seq(self, local_seq: int) -> int | None: ...
+    def publish(
+        self, topic: str, seq: int, payload: bytes, quote: Quote | None = None
+    ) -> None: ...
+    def load_quotes(self) -> dict[str, Quote]: ...
+    def status(self) -> dict[str, object]: ...
+
+
+class LocalBus:
+    """One process: it is always the leader, and publishing is a local call."""
+
+    kind = "local"
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    def start(
+        self, on_elected: Callable[[], None], on_deposed: Callable[[], None]
+    ) -> None:
+        on_elected()
+
+    def stop(self) -> None:
+        """Nothing to release."""
+
+    def claim_seq(self, local_seq: int) -> int | None:
+        return local_seq
+
+    def publish(
+        self, topic: str, seq: int, payload: bytes, quote: Quote | None = None
+    ) -> None:
+        self.broker.publish(topic, seq, payload, quote)
+
+    def load_quotes(self) -> dict[str, Quote]:
+        return {}
+
+    def status(self) -> dict[str, object]:
+        return {"kind": self.kind, "leader": True, "connected": True}
+
+
+# KEYS[1] = lock, ARGV[1] = our token, ARGV[2] = ttl ms: renew only a lock we still hold.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+# KEYS = lock, seq: the next global sequence number, for the lock holder only.
+_CLAIM = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return nil end
+return redis.call('INCR', KEYS[2])
+"""
+# KEYS = lock, latest, channel; ARGV = token, topic, message: remember and publish, fenced.
+_PUBLISH = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('PUBLISH', KEYS[3], ARGV[3])
+return 1
+"""
+# KEYS[1] = seq, ARGV[1] = floor: after Redis lost its data, ids must not start over.
+_RAISE_FLOOR = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+"""
+
+
+class RedisBus:
+    """Many processes, one market, through Redis (see the module docstring)."""
+
+    kind = "redis"
+    LOCK_TTL_S = 5.0
+    CAMPAIGN_EVERY_S = 1.0
+
+    def __init__(self, url: str, namespace: str, broker: Broker) -> None:
+        import redis  # only deployments that set REDIS_URL need the package loaded
+
+        self._errors = (redis.RedisError, OSError)
+        self.broker = broker
+        self.redis = redis.Redis.from_url(
+            url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=5
+        )
+        self.lock_key = f"{namespace}:leader"
+        self.seq_key = f"{namespace}:seq"
+        self.latest_key = f"{namespace}:latest"
+        self.channel = f"{namespace}:events"
+        self.token = uuid.uuid4().hex
+        self.leader = False
+        self.connected = False
+        self._renew = self.redis.register_script(_RENEW)
+        self._claim = self.redis.register_script(_CLAIM)
+        self._publish = self.redis.register_script(_PUBLISH)
+        self._raise_floor = self.redis.register_script(_RAISE_FLOOR)
+        self._greenlets: list[gevent.Greenlet] = []
+
+    # --- leadership ---------------------------------------------------------------------
+
+    def start(
+        self, on_elected: Callable[[], None], on_deposed: Callable[[], None]
+    ) -> None:
+        if not self._greenlets:
+            self._greenlets = [
+                gevent.spawn(self._listen),
+                gevent.spawn(self._campaign, on_elected, on_deposed),
+            ]
+
+    def stop(self) -> None:
+        gevent.killall(self._greenlets)
+        self._greenlets = []
+        if self.leader:
+            self.leader = False
+            try:  # hand over at once instead of after the lock's expiry
+                self.redis.eval(
+                    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end",
+                    1,
+                    self.lock_key,
+                    self.token,
+                )
+            except self._errors:
+                pass
+
+    def _campaign(
+        self, on_elected: Callable[[], None], on_deposed: Callable[[], None]
+    ) -> None:
+        ttl_ms = int(self.LOCK_TTL_S * 1000)
+        while True:
+            try:
+                if self.leader:
+                    if not self._renew(keys=[self.lock_key], args=[self.token, ttl_ms]):
+                        self._depose(on_deposed, "another process holds the lock")
+                elif self.redis.set(self.lock_key, self.token, nx=True, px=ttl_ms):
+                    self.leader = True
+                    log.info(
+                        "elected: this process runs the feed (pid lock %s)",
+                        self.token[:8],
+                    )
+                    on_elected()
+            except self._errors as exc:
+                if self.leader:
+                    self._depose(on_deposed, f"redis unavailable: {exc}")
+            gevent.sleep(self.CAMPAIGN_EVERY_S)
+
+    def _depose(self, on_deposed: Callable[[], None], why: str) -> None:
+        self.leader = False
+        log.warning("no longer the feed leader: %s", why)
+        on_deposed()
+
+    # --- publishing (leader) ------------------------------------------------------------
+
+    def claim_seq(self, local_seq: int) -> int | None:
+        """The next global sequence number, or None if this process is not the leader."""
+        try:
+            seq = self._claim(keys=[self.lock_key, self.seq_key], args=[self.token])
+        except self._errors:
+            return None
+        return None if seq is None else int(seq)
+
+    def publish(
+        self, topic: str, seq: int, payload: bytes, quote: Quote | None = None
+    ) -> None:
+        message = json.dumps(
+            {
+                "topic": topic,
+                "seq": seq,
+                "payload": payload.decode("utf-8"),
+                "quote": asdict(quote) if quote is not None else None,
+            }
+        )
+        try:
+            if topic == BROADCAST:  # any process may broadcast, leader or not
+                pipe = self.redis.pipeline()
+                pipe.hset(self.latest_key, topic, message)
+                pipe.publish(self.channel, message)
+                pipe.execute()
+            else:
+                self._publish(
+                    keys=[self.lock_key, self.latest_key, self.channel],
+                    args=[self.token, topic, message],
+                )
+        except self._errors as exc:
+            log.warning("could not publish %s to redis: %s", topic, exc)
+
+    def load_quotes(self) -> dict[str, Quote]:
+        """The last published quote of every symbol, for a new leader to continue from."""
+        quotes = {}
+        for raw in self.redis.hvals(self.latest_key):
+            message = json.loads(raw)
+            if message["quote"] is not None:
+                quotes[message["topic"]] = Quote(**message["quote"])
+        return quotes
+
+    def raise_seq_floor(self, seq: int) -> None:
+        self._raise_floor(keys=[self.seq_key], args=[seq])
+
+    # --- receiving (every process) ------------------------------------------------------
+
+    def _listen(self) -> None:
+        """Feed the local broker from the channel; on any failure, reconnect with backoff."""
+        backoff = 0.5
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(self.channel)
+                # Subscribed first, then read the latest: nothing can fall in between (a
+                # message in both places arrives twice and the second copy is ignored).
+                for raw in self.redis.hvals(self.latest_key):
+                    self._deliver(raw)
+                if not self.connected:
+                    log.info(
+                        "redis connected: receiving the market from %s", self.channel
+                    )
+                self.connected, backoff = True, 0.5
+                while True:
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self._deliver(message["data"])
+            except (ValueError, KeyError, TypeError):
+                # A message we cannot read must not stop the market for this process.
+                log.exception(
+                    "redis: unreadable message on %s; resubscribing", self.channel
+                )
+                gevent.sleep(backoff)
+            except self._errors as exc:
+                if self.connected:
+                    log.warning(
+                        "redis connection lost: %s; streams stay open, data is stale",
+                        exc,
+                    )
+                self.connected = False
+                log.info("redis: reconnecting in %.1fs", backoff)
+                gevent.sleep(backoff)
+                backoff = min(backoff * 2, 8.0)
+            finally:
+                pubsub.close()
+
+    def _deliver(self, raw: bytes | str) -> None:
+        message = json.loads(raw)
+        topic, seq = message["topic"], message["seq"]
+        if topic != BROADCAST and seq <= self.broker.latest_seq(topic):
+            return  # already have it (or something newer)
+        quote = Quote(**message["quote"]) if message["quote"] is not None else None
+        self.broker.publish(topic, seq, message["payload"].encode("utf-8"), quote)
+
+    def status(self) -> dict[str, object]:
+        return {"kind": self.kind, "leader": self.leader, "connected": self.connected}
