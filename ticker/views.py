@@ -229,7 +229,7 @@ def api_quotes() -> Response:
     """The current quote of every symbol, as JSON."""
     service = _service()
     return jsonify(
-        seq=service.market.seq,
+        seq=service.broker.last_seq,
         quotes=[service.broker.quotes[s].as_dict() for s in service.symbols],
     )
 
