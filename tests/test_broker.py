@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+
 import gevent
 import pytest
 
-from ticker.broker import BROADCAST, Broker, StreamLimitReached
+from ticker.broker import BROADCAST, Broker, StreamLimitReached, chunk
 
 
 def publish(broker, topic, seq):
@@ -74,7 +76,7 @@ def test_counts_streams_by_route_and_unsubscribe_is_idempotent():
     broker.unsubscribe(b)
     assert broker.open_streams == 0
     publish(broker, "AAA", 5)  # nobody left to deliver to
-    assert all(not subs for subs in broker._subscribers.values())
+    assert broker._audiences == {}
 
 
 def test_totals_count_events_and_bytes_of_open_and_closed_streams():
@@ -110,3 +112,60 @@ def test_close_wakes_every_waiting_stream_and_refuses_new_ones():
     )
     with pytest.raises(StreamLimitReached):
         broker.subscribe("symbol", ["AAA"])
+
+
+def test_frames_gather_events_and_deliver_them_in_one_batch():
+    broker = Broker(max_streams=10, frame_s=0.05)
+    sub = broker.subscribe("multi", ["AAA", "BBB"])
+    sub.take(0)  # the (empty) snapshot
+    publish(broker, "AAA", 1)
+    publish(broker, "BBB", 2)
+    publish(broker, "AAA", 3)  # replaces seq 1 within the frame
+    assert sub.take(0) == b"", "nothing goes out before the frame"
+    assert sub.take(5) == b"<BBB:2><AAA:3>"
+    assert broker.frames == 1
+
+
+def caught_up_viewer(broker, topics):
+    """A subscription writing straight to one end of a socket pair, as after its headers."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    sub = broker.subscribe("multi", topics)
+    sub.take(0)
+    sub.attach(ours.fileno(), chunked=True)
+    sub.direct = True
+    return sub, ours, theirs
+
+
+def test_a_caught_up_viewer_gets_each_frame_written_to_its_socket_as_one_chunk():
+    broker = Broker(max_streams=10)
+    sub, ours, theirs = caught_up_viewer(broker, ["AAA"])
+    with ours, theirs:
+        publish(broker, "AAA", 1)
+        assert theirs.recv(100) == chunk(b"<AAA:1>")
+        assert sub.pending == 0 and sub.delivered == 1
+
+
+def test_a_viewer_who_cannot_keep_up_falls_back_to_its_conflating_mailbox():
+    broker = Broker(max_streams=10)
+    sub, ours, theirs = caught_up_viewer(broker, ["AAA", "BBB"])
+    with ours, theirs:
+        big = b"x" * 100_000
+        for seq in range(1, 200):
+            broker.publish("AAA" if seq % 2 else "BBB", seq, big)
+        assert not sub.direct and sub.writing_since is not None
+        assert sub.pending <= 2, "at most one event per topic waits"
+        # What reached the socket ends in a cut chunk whose rest is kept, in order.
+        assert sub.backlog or sub.pending
+
+
+def test_the_first_frame_skips_events_the_snapshot_already_had():
+    broker = Broker(max_streams=10, frame_s=0.05)
+    publish(broker, "AAA", 1)  # waiting for the frame when the viewer arrives
+    sub = broker.subscribe("multi", ["AAA"])
+    assert sub.take(0) == b"<AAA:1>"
+    broker.flush()
+    assert sub.take(0) == b"", "seq 1 again would repeat an id"
+    publish(broker, "AAA", 2)
+    broker.flush()
+    assert sub.take(0) == b"<AAA:2>"

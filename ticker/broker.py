@@ -1,24 +1,40 @@
-"""Who gets what: in-process publish/subscribe of ready-encoded events, keyed by topic.
+"""Who gets what: in-process publish/subscribe of ready-encoded events, in frames.
 
 A topic is a symbol (or ``broadcast`` for the admin message). The publisher hands over the
 bytes of an event already encoded, so the work is done once per tick whatever the number of
-viewers. Each subscriber has a conflating mailbox: at most the latest event per topic, so a
-stalled viewer costs a bounded amount of memory and never slows anyone else down.
+viewers. Events are gathered for ``frame_s`` and then fanned out as one frame: viewers who
+watch the same topics (an *audience*: usually everyone watching the whole table) share the
+frame's bytes, joined once, and each viewer gets one write per frame.
+
+A viewer whose socket keeps up is written to straight from the fan-out loop, without waking
+its greenlet: that is what makes ten thousand viewers affordable on one core. One that falls
+behind gets a conflating mailbox instead, holding at most the latest event per topic, and its
+own greenlet catches it up; so a stalled viewer costs bounded memory and never slows anyone
+else down.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+import gevent
 from gevent.event import Event
 
 if TYPE_CHECKING:
     from ticker.feed import Quote
 
 BROADCAST = "broadcast"  # lower case, so it can never clash with a symbol
+
+Item = tuple[int, int, str, bytes]  # (seq, publish number, topic, encoded event)
+
+
+def chunk(data: bytes) -> bytes:
+    """``data`` as one HTTP/1.1 chunk, for bytes written past the WSGI server."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 class StreamLimitReached(Exception):
@@ -30,14 +46,19 @@ class ClientLimitReached(StreamLimitReached):
 
 
 class Subscription:
-    """One viewer's mailbox. ``take`` hands over everything pending as one write."""
+    """One viewer: a conflating mailbox, and optionally a socket to write frames to."""
 
     __slots__ = (
         "_pending",
         "_wake",
+        "backlog",
+        "chunked",
         "client",
         "closed",
         "delivered",
+        "direct",
+        "fd",
+        "floor",
         "on_stall",
         "route",
         "sent_bytes",
@@ -56,9 +77,22 @@ class Subscription:
         self.closed = False
         self.delivered = 0  # events handed to the stream
         self.sent_bytes = 0
-        # Set by the stream while the server writes to a client; see ``Broker.stalled``.
+        # Since when the viewer's socket has refused our bytes; see ``Broker.stalled``.
         self.writing_since: float | None = None
         self.on_stall: Callable[[], None] | None = None
+        # Direct writing (see ``attach``): the socket, whether the server chunks the
+        # response, whether the viewer is caught up, and the rest of a half-written chunk.
+        self.fd: int | None = None
+        self.chunked = True
+        self.direct = False
+        self.backlog = b""
+        # Events published before the snapshot was taken are in it already: the first
+        # frame must skip them (they are numbered by the broker's ``published`` count).
+        self.floor = 0
+
+    def attach(self, fd: int, chunked: bool) -> None:
+        """Let frames be written straight to ``fd`` once the stream's headers are out."""
+        self.fd, self.chunked = fd, chunked
 
     def offer(self, topic: str, seq: int, payload: bytes) -> bool:
         """Queue ``payload``; return True if it replaced an undelivered one (conflation)."""
@@ -67,9 +101,45 @@ class Subscription:
         self._wake.set()
         return replaced
 
+    def push(self, items: list[Item], data: bytes, framed: bytes) -> int:
+        """Deliver one frame (``data``, or ``framed`` as a chunk); return updates conflated.
+
+        A caught-up viewer gets one non-blocking write; whatever does not fit goes to the
+        mailbox (or, if a chunk was cut in half, its rest to ``backlog``) and the viewer's
+        own greenlet is woken to finish the job when the socket drains.
+        """
+        if self.floor:
+            floor, self.floor = self.floor, 0
+            items = [item for item in items if item[1] > floor]
+            if not items:
+                return 0
+            data = b"".join(item[3] for item in items)
+            framed = chunk(data)
+        if self.direct:
+            buf = framed if self.chunked else data
+            try:
+                written = os.write(self.fd, buf)
+            except BlockingIOError:
+                written = 0
+            except OSError:  # the client is gone
+                self.close()
+                return 0
+            if written:
+                self.delivered += len(items)
+                self.sent_bytes += written
+                if written == len(buf):
+                    return 0
+                self.backlog = buf[written:]
+            self.direct = False
+            self.writing_since = time.monotonic()
+            self._wake.set()
+            if written:
+                return 0
+        return sum(self.offer(topic, seq, payload) for seq, _, topic, payload in items)
+
     def take(self, timeout: float | None) -> bytes | None:
         """Wait up to ``timeout`` s; return pending bytes (maybe b""), or None once closed."""
-        if not self._pending and not self.closed:
+        if not self._pending and not self.closed and not self.backlog:
             self._wake.wait(timeout)
         self._wake.clear()
         if self.closed:
@@ -82,28 +152,55 @@ class Subscription:
         self._pending.clear()
         return data
 
+    def wait(self, timeout: float | None) -> None:
+        """Sleep until the fan-out needs this viewer's greenlet, or ``timeout`` passes."""
+        self._wake.wait(timeout)
+        self._wake.clear()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
     def close(self) -> None:
         self.closed = True
         self._wake.set()
 
 
+class Audience:
+    """The viewers who watch exactly the same topics, and so share every frame's bytes."""
+
+    __slots__ = ("subs", "topics")
+
+    def __init__(self, topics: frozenset[str]) -> None:
+        self.topics = topics
+        self.subs: set[Subscription] = set()
+
+
 class Broker:
     """In-process fan-out. Also keeps the latest event and quote of every topic."""
 
-    def __init__(self, max_streams: int, max_per_client: int = 0) -> None:
+    def __init__(
+        self, max_streams: int, max_per_client: int = 0, frame_s: float = 0.0
+    ) -> None:
         self.max_streams = max_streams
         self.max_per_client = max_per_client  # 0: no per-client cap
+        self.frame_s = (
+            frame_s  # 0: deliver every event at once (tests, tiny deployments)
+        )
         self.open_by_client: Counter[str] = Counter()
-        self._subscribers: dict[str, set[Subscription]] = {}
+        self.open_by_route: Counter[str] = Counter()
+        self._audiences: dict[frozenset[str], Audience] = {}
         self._open: set[Subscription] = set()
+        self._frame: dict[str, Item] = {}
+        self._frame_due = False
         # Totals of streams already closed; live ones are summed when asked (see ``totals``).
         self._closed_delivered = 0
         self._closed_bytes = 0
         self._latest: dict[str, tuple[int, bytes]] = {}
         self.quotes: dict[str, Quote] = {}
-        self.open_by_route: Counter[str] = Counter()
         self.conflated = 0  # updates replaced by a newer one before a viewer read them
         self.published = 0
+        self.frames = 0
         self.last_seq = 0  # the newest sequence number seen on any topic
         self.last_quote_at: float | None = None  # time.time() of the newest quote
         self.closing = False
@@ -122,16 +219,45 @@ class Broker:
     def publish(
         self, topic: str, seq: int, payload: bytes, quote: Quote | None = None
     ) -> None:
-        """Deliver ``payload`` to every subscriber of ``topic`` and remember it as latest."""
+        """Remember ``payload`` as the latest of ``topic`` and send it with the next frame."""
+        self.remember(topic, seq, payload, quote)
+        self.published += 1
+        self._frame[topic] = (seq, self.published, topic, payload)
+        if self.frame_s <= 0:
+            self.flush()
+        elif not self._frame_due:
+            self._frame_due = True
+            gevent.spawn_later(self.frame_s, self.flush)
+
+    def remember(
+        self, topic: str, seq: int, payload: bytes, quote: Quote | None = None
+    ) -> None:
+        """Keep ``payload`` as the latest of ``topic`` (what new viewers get first), without
+        sending it to anyone: for the opening quotes, before anything runs."""
         self._latest[topic] = (seq, payload)
         self.last_seq = max(self.last_seq, seq)
         if quote is not None:
             self.quotes[topic] = quote
             self.last_quote_at = time.time()
-        self.published += 1
-        for sub in self._subscribers.get(topic, ()):
-            if sub.offer(topic, seq, payload):
-                self.conflated += 1
+
+    def flush(self) -> None:
+        """Fan the events gathered since the last frame out to every audience."""
+        self._frame_due = False
+        if not self._frame:
+            return
+        items = sorted(self._frame.values())
+        self._frame = {}
+        self.frames += 1
+        for audience in list(self._audiences.values()):
+            mine = [item for item in items if item[2] in audience.topics]
+            if not mine:
+                continue
+            data = b"".join(item[3] for item in mine)
+            framed = chunk(data)
+            conflated = 0
+            for sub in list(audience.subs):
+                conflated += sub.push(mine, data, framed)
+            self.conflated += conflated
 
     def latest_seq(self, topic: str) -> int:
         """Sequence number of the latest event of ``topic`` (0 if none yet)."""
@@ -153,12 +279,16 @@ class Broker:
             raise ClientLimitReached
         topics = (*dict.fromkeys(symbols), BROADCAST)
         sub = Subscription(route, topics, client)
+        sub.floor = self.published if self._frame else 0
         for seq, topic in sorted(
             (self._latest[t][0], t) for t in topics if t in self._latest
         ):
             sub.offer(topic, seq, self._latest[topic][1])
-        for topic in topics:
-            self._subscribers.setdefault(topic, set()).add(sub)
+        key = frozenset(topics)
+        audience = self._audiences.get(key)
+        if audience is None:
+            audience = self._audiences[key] = Audience(key)
+        audience.subs.add(sub)
         self._open.add(sub)
         self.open_by_route[route] += 1
         self.open_by_client[client] += 1
@@ -170,25 +300,28 @@ class Broker:
         if sub not in self._open:
             return False
         self._open.discard(sub)
-        for topic in sub.topics:
-            self._subscribers[topic].discard(sub)
-        for counter, key in (
+        key = frozenset(sub.topics)
+        audience = self._audiences[key]
+        audience.subs.discard(sub)
+        if not audience.subs:
+            del self._audiences[key]
+        for counter, name in (
             (self.open_by_route, sub.route),
             (self.open_by_client, sub.client),
         ):
-            counter[key] -= 1
-            if counter[key] <= 0:
-                del counter[key]
+            counter[name] -= 1
+            if counter[name] <= 0:
+                del counter[name]
         self._closed_delivered += sub.delivered
         self._closed_bytes += sub.sent_bytes
         return True
 
     def pending_events(self) -> int:
-        """Events waiting in all mailboxes: at most one per symbol per stream (conflation)."""
-        return sum(len(s._pending) for s in self._open)
+        """Events waiting in all mailboxes: at most one per topic per stream (conflation)."""
+        return sum(s.pending for s in self._open)
 
     def stalled(self, now: float, timeout: float) -> list[Subscription]:
-        """Streams whose current write has waited on the client for over ``timeout`` s."""
+        """Streams whose socket has refused our bytes for over ``timeout`` seconds."""
         return [
             s
             for s in self._open

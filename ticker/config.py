@@ -37,6 +37,9 @@ class Settings:
     forwarded_allow_ips: str = "127.0.0.1,::1"
     # A viewer whose socket accepts nothing for this long is dropped (its write is stuck).
     write_timeout_s: float = 30.0
+    # Ticks are gathered for this long and fanned out together, one write per viewer per
+    # frame. Longer frames cost less CPU per viewer and add up to that much latency.
+    frame_ms: int = 100
     # Not part of the public contract: how long a browser waits before reconnecting (SSE
     # ``retry:``), in milliseconds. One second keeps a redeploy short for viewers.
     retry_ms: int = 1000
@@ -51,6 +54,7 @@ class Settings:
             "web_concurrency": self.web_concurrency >= 1,
             "max_streams_per_client": self.max_streams_per_client >= 0,
             "write_timeout_s": self.write_timeout_s > 0,
+            "frame_ms": 0 <= self.frame_ms <= 5000,
             "retry_ms": self.retry_ms >= 0,
         }
         bad = [name.upper() for name, ok in checks.items() if not ok]

@@ -35,7 +35,11 @@ class Service:
         self.companies = make_universe(settings.ticker_seed, settings.ticker_symbols)
         self.symbols = tuple(c.symbol for c in self.companies)
         self.market = Market(self.companies)
-        self.broker = Broker(settings.max_streams, settings.max_streams_per_client)
+        self.broker = Broker(
+            settings.max_streams,
+            settings.max_streams_per_client,
+            settings.frame_ms / 1000,
+        )
         self.bus: Bus = (
             RedisBus(settings.redis_url, _namespace(settings), self.broker)
             if settings.redis_url
@@ -54,7 +58,7 @@ class Service:
         # Opening quotes, so pages and streams have a snapshot before the first tick (with
         # Redis, until the current market arrives from it).
         for quote in self.market.quotes.values():
-            self.broker.publish(
+            self.broker.remember(
                 quote.symbol, quote.seq, self.encode_quote(quote), quote
             )
 

@@ -11,8 +11,9 @@ import logging
 import os
 import re
 import socket
+import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from flask import (
     Blueprint,
@@ -25,10 +26,11 @@ from flask import (
 )
 from werkzeug.exceptions import HTTPException
 
-from ticker.broker import ClientLimitReached, StreamLimitReached, Subscription
+from ticker import streams
+from ticker.broker import ClientLimitReached, StreamLimitReached
 from ticker.clients import HangupWatch, client_address, client_socket
 from ticker.service import Service, get_service
-from ticker.sse import HEARTBEAT, encode_comment, encode_retry
+from ticker.sse import encode_comment, encode_retry
 
 log = logging.getLogger(__name__)
 bp = Blueprint("views", __name__)
@@ -128,6 +130,12 @@ def _open_stream(route: str, symbols: tuple[str, ...]) -> Response:
     if sock is not None:
         # Shutting the socket down fails the stuck write, and the server then closes us.
         sub.on_stall = lambda: _shutdown(sock, socket.SHUT_RDWR)
+        if request.method == "GET" and not isinstance(sock, ssl.SSLSocket):
+            # Frames may go straight to the socket once the headers are out; the server
+            # chunks an HTTP/1.1 response of unknown length, so frames must be chunks too.
+            sub.attach(
+                sock.fileno(), request.environ.get("SERVER_PROTOCOL") != "HTTP/1.0"
+            )
 
     def release() -> None:
         if watch is not None:
@@ -149,7 +157,9 @@ def _open_stream(route: str, symbols: tuple[str, ...]) -> Response:
     hello = encode_retry(settings.retry_ms) + encode_comment(
         f"process {service.process_id}"
     )
-    response = _sse_response(_events(sub, settings.heartbeat_s, hello, release))
+    response = _sse_response(
+        streams.events(sub, settings.heartbeat_s, hello, release, sock)
+    )
     # If the server closes the response before the body ever started, the generator's
     # ``finally`` would not run: this makes sure the subscription is freed either way.
     response.call_on_close(release)
@@ -176,40 +186,6 @@ def _shutdown(sock: socket.socket, how: int) -> None:
             dup.shutdown(how)
     except OSError:
         pass  # already gone
-
-
-def _events(
-    sub: Subscription, heartbeat_s: float, hello: bytes, release: Callable[[], None]
-) -> Iterator[bytes]:
-    """The body of a stream: ``hello`` (retry hint) and snapshot at once, then updates
-    and heartbeats.
-
-    Everything pending goes out in one write. The generator resumes only once the server
-    has written what it yielded, so ``writing_since`` tells how long a write has been stuck.
-    A client that left is noticed by its :class:`HangupWatch` (or a failed write); either
-    way the stream ends and ``finally`` frees the subscription.
-    """
-    try:
-        sub.writing_since = time.monotonic()
-        yield hello + (sub.take(0) or b"")
-        sub.writing_since = None
-        next_heartbeat = time.monotonic() + heartbeat_s
-        while True:
-            data = sub.take(max(0.0, next_heartbeat - time.monotonic()))
-            if (
-                data is None
-            ):  # closed: the client hung up, or the process is shutting down
-                return
-            now = time.monotonic()
-            if now >= next_heartbeat:
-                data += HEARTBEAT
-                next_heartbeat = now + heartbeat_s
-            if data:
-                sub.writing_since = now
-                yield data
-                sub.writing_since = None
-    finally:
-        release()
 
 
 @bp.get("/stream/<symbol>")
