@@ -108,7 +108,7 @@ class Subscription:
         mailbox (or, if a chunk was cut in half, its rest to ``backlog``) and the viewer's
         own greenlet is woken to finish the job when the socket drains.
         """
-        if self.floor:
+        if self.floor and items:
             floor, self.floor = self.floor, 0
             items = [item for item in items if item[1] > floor]
             if not items:
