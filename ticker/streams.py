@@ -21,6 +21,29 @@ from ticker.broker import Subscription, chunk
 from ticker.sse import HEARTBEAT
 
 
+class Body:
+    """A stream's WSGI response body: the ``events`` generator, plus a ``close`` that
+    always frees the subscription, even if the server never started iterating.
+
+    The server iterates the generator itself (``__iter__`` hands it over), with no wrapper
+    in between: every layer between the server and the waiting generator is stack that each
+    idle viewer's greenlet keeps.
+    """
+
+    __slots__ = ("_events", "_release")
+
+    def __init__(self, events: Iterator[bytes], release: Callable[[], None]) -> None:
+        self._events = events
+        self._release = release
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._events
+
+    def close(self) -> None:
+        self._events.close()  # runs the generator's ``finally`` if it had started
+        self._release()
+
+
 def events(
     sub: Subscription,
     heartbeat_s: float,
@@ -35,11 +58,16 @@ def events(
     """
     try:
         sub.writing_since = time.monotonic()
-        yield hello + (sub.take(0) or b"")
-        sub.writing_since = None
         if sub.fd is not None and sock is not None:
+            # Only the small hello goes through the server (the headers go with it): the
+            # server keeps the last thing yielded referenced for as long as the stream
+            # lasts, and the snapshot would be kilobytes per viewer. It follows directly.
+            yield hello
+            sub.writing_since = None
             _write_directly(sub, sock, heartbeat_s)
         else:
+            yield hello + (sub.take(0) or b"")
+            sub.writing_since = None
             yield from _yield_batches(sub, heartbeat_s)
     finally:
         release()

@@ -13,7 +13,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable
 
 from flask import (
     Blueprint,
@@ -157,17 +157,13 @@ def _open_stream(route: str, symbols: tuple[str, ...]) -> Response:
     hello = encode_retry(settings.retry_ms) + encode_comment(
         f"process {service.process_id}"
     )
-    response = _sse_response(
-        streams.events(sub, settings.heartbeat_s, hello, release, sock)
-    )
-    # If the server closes the response before the body ever started, the generator's
-    # ``finally`` would not run: this makes sure the subscription is freed either way.
-    response.call_on_close(release)
-    return response
+    body = streams.events(sub, settings.heartbeat_s, hello, release, sock)
+    return _sse_response(streams.Body(body, release))
 
 
-def _sse_response(body: Iterator[bytes]) -> Response:
-    response = Response(body, mimetype="text/event-stream")
+def _sse_response(body: Iterable[bytes]) -> Response:
+    # direct_passthrough: the server gets our body as it is, without Werkzeug's wrappers.
+    response = Response(body, mimetype="text/event-stream", direct_passthrough=True)
     response.headers["Cache-Control"] = "no-cache"
     # nginx (and routers built on it) buffer responses unless told not to.
     response.headers["X-Accel-Buffering"] = "no"
