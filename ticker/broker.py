@@ -226,12 +226,11 @@ class Broker:
         if self.frame_s <= 0:
             self.flush()
         elif not self._frame_due:
-            # Frames keep a steady clock (every frame_s, not frame_s after the first event
-            # of each), so an event waits half a frame on average, not a whole one.
+            # A frame closes frame_s after its first event. (A steady clock instead halves
+            # the median wait, but not the worst one, and measured 37 % more CPU per
+            # update at 10,000 viewers: more frames, each carrying fewer events.)
             self._frame_due = True
-            gevent.spawn_later(
-                self.frame_s - time.monotonic() % self.frame_s, self.flush
-            )
+            gevent.spawn_later(self.frame_s, self.flush)
 
     def remember(
         self, topic: str, seq: int, payload: bytes, quote: Quote | None = None
