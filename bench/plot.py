@@ -1,0 +1,100 @@
+"""Draw docs/img/performance.png from a bench/run.py results file: p99 latency and CPU-seconds
+per 100,000 delivered updates against viewers, one line per server.
+
+Run (bench/run.py does it): bench/.venv-tools/bin/python bench/plot.py RESULTS.json OUT.png
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+STYLE = {
+    "ours": ("tab:blue", "o", "-"),
+    "ours-per-symbol": ("tab:blue", "s", "--"),
+    "express": ("tab:green", "^", "-"),
+    "flask-sse": ("tab:red", "v", "-"),
+    "starlette": ("tab:purple", "D", "-"),
+    "bare": ("black", "x", ":"),
+}
+
+
+def saturated(run: dict) -> bool:
+    """Viewers not all held, updates lost, or the feed itself starved of CPU.
+
+    Our feed jitters each tick, so for ours only delivery by tick counts; the peers tick
+    exactly once per second, so the nominal rate counts too.
+    """
+    ticks = run["loadgen"]["by_tick"]
+    return (
+        run["held"] < run["n"]
+        or run["pct_by_tick"] < 99
+        or ticks["ticks_in_window"] < 0.95 * ticks["nominal_ticks"]
+        or (not run["server"].startswith("ours") and run["pct_expected"] < 99)
+    )
+
+
+def main(results: str, out: str) -> None:
+    doc = json.loads(Path(results).read_text())
+    series: dict[str, list[dict]] = defaultdict(list)
+    labels = {}
+    for run in doc["runs"]:
+        if "error" in run or not run.get("held"):
+            continue
+        series[run["server"]].append(run)
+        labels[run["server"]] = run["label"]
+    fig, (lat, cpu) = plt.subplots(1, 2, figsize=(12, 5.6))
+    for name, runs in series.items():
+        runs.sort(key=lambda r: r["n"])
+        color, marker, line = STYLE.get(name, (None, "o", "-"))
+        kw = {
+            "color": color,
+            "marker": marker,
+            "linestyle": line,
+            "label": labels[name],
+        }
+        lat.plot([r["n"] for r in runs], [r["p99_ms"] for r in runs], **kw)
+        pts = [r for r in runs if r["cpu_s_per_100k"]]
+        cpu.plot([r["n"] for r in pts], [r["cpu_s_per_100k"] for r in pts], **kw)
+        for r in runs:
+            if saturated(r):
+                for ax, y in ((lat, r["p99_ms"]), (cpu, r["cpu_s_per_100k"])):
+                    ax.plot(r["n"], y, "o", ms=14, mfc="none", mec=color, alpha=0.6)
+    lat.axhline(250, color="grey", linestyle="--", linewidth=1)
+    lat.text(
+        11000, 265, "target for ours at 10k: p99 < 250 ms", fontsize=8, color="grey"
+    )
+    cpu.axhline(0.6, color="grey", linestyle="--", linewidth=1)
+    cpu.text(11000, 0.63, "target for ours: <= 0.6", fontsize=8, color="grey")
+    lat.set_yscale("log")
+    lat.set_ylabel("p99 latency, tick to receipt (ms, log scale)")
+    cpu.set_yscale("log")
+    cpu.set_ylabel("server CPU-seconds per 100,000 delivered updates (log scale)")
+    for ax, title in ((lat, "p99 latency"), (cpu, "CPU per delivered update")):
+        ax.set_xlabel(
+            "concurrent viewers (N); circled: saturated (viewers or updates lost)"
+        )
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    handles, names = cpu.get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=3, fontsize=9, frameon=False)
+    env = doc["environment"]
+    fig.suptitle(
+        f"ticker-10 on one core ({env['cpu']}), {doc['settings']['window_s']:.0f} s window, "
+        f"{env['date'][:10]}",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
