@@ -46,6 +46,7 @@ class Bus(Protocol):
         self, topic: str, seq: int, payload: bytes, quote: Quote | None = None
     ) -> None: ...
     def load_quotes(self) -> dict[str, Quote]: ...
+    def raise_seq_floor(self, seq: int) -> None: ...
     def status(self) -> dict[str, object]: ...
 
 
@@ -75,6 +76,9 @@ class LocalBus:
 
     def load_quotes(self) -> dict[str, Quote]:
         return {}
+
+    def raise_seq_floor(self, seq: int) -> None:
+        """Sequence numbers come from this process's own market: nothing to raise."""
 
     def status(self) -> dict[str, object]:
         return {"kind": self.kind, "leader": True, "connected": True}

@@ -102,8 +102,7 @@ class Service:
         # hand out a sequence number below one that viewers have already seen.
         state = self.bus.load_quotes() or dict(self.broker.quotes)
         self.market.restore(state)
-        if isinstance(self.bus, RedisBus):
-            self.bus.raise_seq_floor(self.broker.last_seq)
+        self.bus.raise_seq_floor(self.broker.last_seq)
         log.info(
             "feed starting: %d symbols, one tick per %.2fs each",
             len(self.symbols),
