@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -29,6 +30,7 @@ TEST_ENV = {
     "TICKER_SYMBOLS": "12",
     "TICKER_INTERVAL": "0.2",
     "HEARTBEAT_S": "0.5",
+    "TICKER_NEWS_S": "1",
     "ADMIN_TOKEN": "test-admin-token",
 }
 
@@ -160,6 +162,19 @@ class Server:
             time.sleep(0.05)
 
 
+QUOTE_EVENT = re.compile(r"[A-Z]{2,5}")  # a quote's event is named after its symbol
+
+
+def is_quote(event: Event) -> bool:
+    """A quote (row) event, as opposed to the market summary, news, a chart, a heartbeat,
+    a broadcast, or a block with no event at all."""
+    return QUOTE_EVENT.fullmatch(event.event) is not None
+
+
+def quote_events(events: list[Event]) -> list[Event]:
+    return [e for e in events if is_quote(e)]
+
+
 @dataclass
 class Event:
     """One dispatched SSE event, plus the comments and retry hint read since the last one."""
@@ -230,6 +245,13 @@ class SSEClient:
         while True:
             event = self.next()
             if event.data or event.event != "message":
+                return event
+
+    def next_quote(self) -> Event:
+        """The next quote event, skipping every other kind."""
+        while True:
+            event = self.next()
+            if is_quote(event):
                 return event
 
     def events_until(self, predicate, timeout: float = 10.0) -> list[Event]:

@@ -34,7 +34,7 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, note, settings
 from hypothesis import strategies as st
 from markupsafe import escape
-from support import TEST_ENV, Server, SSEClient
+from support import TEST_ENV, Server, SSEClient, is_quote
 
 TOKEN = TEST_ENV["ADMIN_TOKEN"]
 MAX_SYMBOLS_PER_STREAM = 100
@@ -137,10 +137,6 @@ def observer(server, symbols):
 
 
 # --- Helpers ----------------------------------------------------------------------------------
-
-
-def is_quote(event) -> bool:
-    return event.event not in ("message", "broadcast")
 
 
 def quote_events(events) -> list:

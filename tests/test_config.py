@@ -67,7 +67,9 @@ def test_gunicorn_config_follows_the_settings(monkeypatch):
     assert conf["control_socket_disable"] is True
 
 
-def test_several_workers_without_redis_run_one_worker_instead_of_two_markets(monkeypatch):
+def test_several_workers_without_redis_run_one_worker_instead_of_two_markets(
+    monkeypatch,
+):
     monkeypatch.setenv("WEB_CONCURRENCY", "3")
     monkeypatch.delenv("REDIS_URL", raising=False)
     assert runpy.run_path(str(ROOT / "gunicorn.conf.py"))["workers"] == 1

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Self
 
 import pytest
-from support import ROOT, Event, Server, SSEClient, free_port
+from support import ROOT, Event, Server, SSEClient, free_port, is_quote
 
 NGINX = os.environ.get("TICKER_NGINX", "/usr/sbin/nginx")
 HOW_TO_ENABLE = (
@@ -51,7 +51,7 @@ PROMPT_S = 0.25
 WATCH_S = 2.0
 # A market that never ticks in practice: each symbol's first tick falls at a random point
 # of its first interval, so the chance of one during a test is about 1 in 10**8.
-NO_TICKS = {"TICKER_SYMBOLS": "1", "TICKER_INTERVAL": "1e9"}
+NO_TICKS = {"TICKER_SYMBOLS": "1", "TICKER_INTERVAL": "1e9", "TICKER_NEWS_S": "0"}
 
 
 # --- nginx ---------------------------------------------------------------------------
@@ -129,6 +129,11 @@ http {{
         location /ignored/ {{
             proxy_pass {app};
             proxy_ignore_headers X-Accel-Buffering;
+            # Bigger than a symbol stream's chart event (about 5 KB), which would fill
+            # the default 4 KB buffer and flush it on every tick by itself.
+            proxy_buffer_size 64k;
+            proxy_buffers 4 64k;
+            proxy_busy_buffers_size 64k;
         }}
     }}
 }}
@@ -196,7 +201,7 @@ class Watched:
 
     @property
     def quotes(self) -> list[tuple[float, Event]]:
-        return [(t, e) for t, e in self.events if 'data-ts="' in e.data]
+        return [(t, e) for t, e in self.events if is_quote(e)]
 
     @property
     def heartbeats(self) -> list[float]:
@@ -362,7 +367,7 @@ def test_stream_headers_survive_the_proxy_and_gzip_leaves_the_stream_alone(
 
 def test_without_the_apps_header_nginx_would_hold_events_in_its_buffer(proxy, symbol):
     """The contrast that gives the test above its meaning: the same bare ``proxy_pass``,
-    told to ignore ``X-Accel-Buffering``, holds events until about 4 KB pile up."""
+    told to ignore ``X-Accel-Buffering``, holds events until its buffer fills."""
     w = watch(proxy.bare_base, f"/ignored/stream/{symbol}", WATCH_S)
     print(f"\nheader ignored: {summary(w)}")
     delays = w.tick_delays()

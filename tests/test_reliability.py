@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from support import Server, SSEClient
+from support import Server, SSEClient, quote_events
 
 
 def stalled_socket(server: Server, path: str = "/stream") -> socket.socket:
@@ -37,10 +37,9 @@ def latencies_ms(client: SSEClient, count: int) -> list[int]:
     """Receipt time minus each quote fragment's data-ts, for ``count`` quote events."""
     out = []
     while len(out) < count:
-        event = client.next()
+        event = client.next_quote()
         match = re.search(r'data-ts="(\d+)"', event.data)
-        if match:
-            out.append(int(time.time() * 1000) - int(match.group(1)))
+        out.append(int(time.time() * 1000) - int(match.group(1)))
     return out
 
 
@@ -68,7 +67,7 @@ def test_stalled_viewers_keep_bounded_mailboxes_and_do_not_delay_others(make_ser
         MAX_STREAMS_PER_CLIENT="0",
     )
     with SSEClient(server.base, "/stream") as healthy:
-        healthy.events_until(lambda ev: len(ev) > 40)  # past the snapshot
+        healthy.events_until(lambda ev: len(quote_events(ev)) > 40)  # past the snapshot
         # The healthy viewer reads all along, as a browser would, while the others stall.
         reader = LatencyReader(healthy)
         reader.start()
@@ -91,8 +90,9 @@ def test_stalled_viewers_keep_bounded_mailboxes_and_do_not_delay_others(make_ser
             for sock in stalled:
                 sock.close()
     during = reader.latencies[mark:]
-    # Conflation: whatever they failed to read, each holds at most one event per symbol.
-    assert health["streams"]["pending_events"] <= 301 * 41
+    # Conflation: whatever they failed to read, each holds at most one event per topic:
+    # 40 symbols, the market summary, the news strip and the broadcast banner.
+    assert health["streams"]["pending_events"] <= 301 * 43
     # A stalled viewer must not hold up anyone else: no tick waits seconds for them.
     # (95th percentile: one scheduling hiccup on a busy machine is not a stall.)
     p95 = sorted(during)[int(len(during) * 0.95)]
@@ -149,7 +149,7 @@ def test_a_viewer_whose_socket_stays_unwritable_is_dropped(make_server):
 def test_viewer_who_leaves_is_freed_at_once_even_when_nothing_is_written(make_server):
     # No ticks after the snapshot and no heartbeat for 10 minutes: only the hangup watch
     # can notice the departure.
-    server = make_server(TICKER_INTERVAL="3600", HEARTBEAT_S="600")
+    server = make_server(TICKER_INTERVAL="3600", HEARTBEAT_S="600", TICKER_NEWS_S="0")
     clients = [SSEClient(server.base, "/stream") for _ in range(20)]
     for client in clients:
         client.next()

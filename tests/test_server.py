@@ -10,15 +10,11 @@ import json
 import re
 
 import pytest
-from support import SSEClient
+from support import SSEClient, quote_events
 
 
 def symbols_of(server) -> list[str]:
     return [q["symbol"] for q in server.get_json("/api/quotes")["quotes"]]
-
-
-def quote_events(events):
-    return [e for e in events if e.event not in ("message", "broadcast")]
 
 
 def test_stream_headers_say_event_stream_and_disable_caching_and_proxy_buffering(
@@ -92,8 +88,8 @@ def test_duplicate_and_lower_case_symbols_collapse_to_one_subscription(server):
     symbol = symbols_of(server)[1]
     path = f"/stream?symbols={symbol},{symbol.lower()},{symbol}"
     with SSEClient(server.base, path) as client:
-        snapshot = client.next_data()
-        following = client.next_data()
+        snapshot = client.next_quote()
+        following = client.next_quote()
     assert snapshot.event == following.event == symbol
     assert int(following.id) > int(snapshot.id), "one snapshot, not three"
 

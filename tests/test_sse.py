@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ticker.sse import HEARTBEAT, encode_comment, encode_event, encode_retry
+from ticker.sse import encode_comment, encode_event, encode_heartbeat, encode_retry
 
 
 def test_event_has_name_id_and_data_and_ends_with_a_blank_line():
@@ -37,4 +37,11 @@ def test_event_name_or_id_with_a_newline_is_refused(bad):
 def test_retry_and_comments():
     assert encode_retry(1000) == b"retry: 1000\n\n"
     assert encode_comment("a\nb") == b": a\n: b\n\n"
-    assert HEARTBEAT.startswith(b":") and HEARTBEAT.endswith(b"\n\n")
+
+
+def test_a_heartbeat_is_one_block_a_comment_and_a_named_event():
+    beat = encode_heartbeat('<span class="live">\nLive</span>')
+    assert beat == (
+        b": heartbeat\nevent: heartbeat\n"
+        b'data: <span class="live">\ndata: Live</span>\n\n'
+    )

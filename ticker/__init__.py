@@ -58,7 +58,7 @@ def stale_after_s(ticker_interval: float) -> int:
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app. ``settings`` defaults to the environment (see ``ticker.config``)."""
-    from ticker import views
+    from ticker import charts, views
     from ticker.metrics import make_registry
 
     settings = settings or Settings.from_env()
@@ -67,7 +67,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False
     app.add_template_filter(_clock, "clock")
     app.add_template_filter(_iso_time, "iso_time")
-    app.jinja_env.globals["stale_after_s"] = stale_after_s(settings.ticker_interval)
+    app.jinja_env.globals.update(
+        stale_after_s=stale_after_s(settings.ticker_interval),
+        ticker_interval=settings.ticker_interval,
+        sparkline=charts.sparkline,
+        chart=charts.chart,
+        position=charts.position,
+    )
     service = Service(app, settings)
     app.extensions["ticker"] = service
     app.register_blueprint(views.bp)

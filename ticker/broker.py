@@ -27,7 +27,19 @@ from gevent.event import Event
 if TYPE_CHECKING:
     from ticker.feed import Quote
 
-BROADCAST = "broadcast"  # lower case, so it can never clash with a symbol
+# Topics besides the symbols: lower case, so they can never clash with one.
+BROADCAST = "broadcast"  # the admin message (every stream)
+MARKET = "market"  # the market summary (the table's stream)
+NEWS = "news"  # the news strip (the table's stream)
+
+
+CHART_PREFIX = "chart:"
+
+
+def chart_topic(symbol: str) -> str:
+    """The topic of ``symbol``'s chart (its own stream, which feeds its page)."""
+    return CHART_PREFIX + symbol
+
 
 Item = tuple[int, int, str, bytes]  # (seq, publish number, topic, encoded event)
 
@@ -268,9 +280,9 @@ class Broker:
         return 0 if latest is None else latest[0]
 
     def subscribe(
-        self, route: str, symbols: Iterable[str], client: str = ""
+        self, route: str, topics: Iterable[str], client: str = ""
     ) -> Subscription:
-        """Open a mailbox for ``symbols`` (and broadcasts), pre-filled with their latest events.
+        """Open a mailbox for ``topics`` (and broadcasts), pre-filled with their latest events.
 
         The pre-fill is the snapshot a new viewer needs at once; it is ordered by sequence
         number, and nothing can slip in between taking it and subscribing (no greenlet switch
@@ -280,7 +292,7 @@ class Broker:
             raise StreamLimitReached
         if self.max_per_client and self.open_by_client[client] >= self.max_per_client:
             raise ClientLimitReached
-        topics = (*dict.fromkeys(symbols), BROADCAST)
+        topics = (*dict.fromkeys(topics), BROADCAST)
         sub = Subscription(route, topics, client)
         sub.floor = self.published if self._frame else 0
         for seq, topic in sorted(

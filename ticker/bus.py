@@ -232,7 +232,7 @@ class RedisBus:
         for raw in self.redis.hvals(self.latest_key):
             message = json.loads(raw)
             if message["quote"] is not None:
-                quotes[message["topic"]] = Quote(**message["quote"])
+                quotes[message["topic"]] = Quote.from_dict(message["quote"])
         return quotes
 
     def raise_seq_floor(self, seq: int) -> None:
@@ -284,7 +284,9 @@ class RedisBus:
         topic, seq = message["topic"], message["seq"]
         if topic != BROADCAST and seq <= self.broker.latest_seq(topic):
             return  # already have it (or something newer)
-        quote = Quote(**message["quote"]) if message["quote"] is not None else None
+        quote = (
+            Quote.from_dict(message["quote"]) if message["quote"] is not None else None
+        )
         self.broker.publish(topic, seq, message["payload"].encode("utf-8"), quote)
 
     def status(self) -> dict[str, object]:

@@ -24,6 +24,8 @@ class Settings:
     ticker_seed: int = 2026
     ticker_symbols: int = 12
     ticker_interval: float = 1.0
+    # Average seconds between two made-up headlines in the news strip (0: no news).
+    ticker_news_s: float = 20.0
     heartbeat_s: float = 15.0
     max_streams: int = 10_000
     redis_url: str = ""
@@ -49,6 +51,7 @@ class Settings:
             "port": 0 <= self.port <= 65535,
             "ticker_symbols": 1 <= self.ticker_symbols <= 500,
             "ticker_interval": self.ticker_interval > 0,
+            "ticker_news_s": self.ticker_news_s >= 0,
             "heartbeat_s": self.heartbeat_s > 0,
             "max_streams": self.max_streams >= 1,
             "web_concurrency": self.web_concurrency >= 1,

@@ -16,9 +16,13 @@ import string
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import gevent
 from faker import Faker
+
+if TYPE_CHECKING:
+    from ticker.news import Headline, Newsroom
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,9 @@ SECTORS = (
 # Words that make poor ticker letters ("Smith, Jones and Brown PLC" -> SJB, not SJABP).
 _NOT_IN_SYMBOL = {"AND", "INC", "LLC", "LTD", "PLC", "GROUP", "SONS", "CO"}
 SYMBOL_RE = re.compile(r"[A-Z]{2,5}")
+# Prices a quote remembers: five minutes at the default of one tick per second. The row's
+# sparkline draws the last SPARK_LEN of them, the symbol page's chart all of them.
+HISTORY_LEN = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +74,15 @@ class Quote:
     volume: int
     ts: int  # epoch milliseconds of the tick
     seq: int  # market-wide sequence number: later ticks have larger numbers
+    # The latest prices, oldest first, ending with ``last`` (at most HISTORY_LEN): what the
+    # sparklines and the symbol page's chart are drawn from. It travels with the quote, so
+    # a process that joins late (or a new leader, through Redis) draws the same lines.
+    history: tuple[float, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Quote:
+        """The inverse of ``dataclasses.asdict`` (JSON turns the history into a list)."""
+        return cls(**{**data, "history": tuple(data.get("history") or ())})  # type: ignore[arg-type]
 
     @property
     def change(self) -> float:
@@ -172,7 +188,7 @@ class Market:
             self.seq += 1
             p = c.reference_price
             self.quotes[c.symbol] = Quote(
-                c.symbol, c.name, c.sector, p, p, p, p, p, 0, now, self.seq
+                c.symbol, c.name, c.sector, p, p, p, p, p, 0, now, self.seq, (p,)
             )
 
     def restore(self, quotes: dict[str, Quote]) -> None:
@@ -185,11 +201,12 @@ class Market:
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
-    def tick(self, symbol: str) -> Quote:
-        """Move ``symbol`` one step and return its new quote."""
+    def tick(self, symbol: str, shock: float = 0.0) -> Quote:
+        """Move ``symbol`` one step (plus ``shock``, a log return: news) and return its
+        new quote."""
         company = self.companies[symbol]
         q = self.quotes[symbol]
-        step = self._rng.gauss(company.drift, company.volatility)
+        step = self._rng.gauss(company.drift, company.volatility) + shock
         # Rounding to cents could reach zero for a penny stock: a price is never <= 0.
         last = max(0.01, round(q.last * math.exp(step), 2))
         self.seq += 1
@@ -202,6 +219,7 @@ class Market:
             volume=q.volume + 100 * self._rng.randint(1, 50),
             ts=self._now_ms(),
             seq=self.seq,
+            history=(*q.history[1 - HISTORY_LEN :], last),
         )
         self.quotes[symbol] = q
         return q
@@ -222,14 +240,23 @@ class Feed:
         publish: Callable[[Quote], None],
         interval: float,
         rng: random.Random | None = None,
+        newsroom: Newsroom | None = None,
+        publish_news: Callable[[Headline], None] | None = None,
+        news_s: float = 0.0,
     ) -> None:
         self.market = market
         self.publish = publish
         self.interval = interval
         self._rng = rng or random.Random()
+        # News: every ``news_s`` seconds on average (0: none), a headline about a random
+        # company, published right after the tick that it moved.
+        self.newsroom = newsroom
+        self.publish_news = publish_news
+        self.news_s = news_s if newsroom is not None and publish_news else 0.0
         self._greenlet: gevent.Greenlet | None = None
         self.ticks = 0
         self.restarts = 0
+        self.headlines = 0
         self.last_tick_at: float | None = None  # time.time() of the latest tick
         self.started_at: float | None = None
 
@@ -267,15 +294,36 @@ class Feed:
             (now + self.interval * self._rng.random(), s) for s in self.market.quotes
         ]
         heapq.heapify(due)
+        news_due = (
+            now + self.news_s * self._rng.uniform(0.5, 1.5) if self.news_s else math.inf
+        )
         while True:
             when, symbol = due[0]
+            if news_due < when:
+                gevent.sleep(max(0.0, news_due - time.monotonic()))
+                self._news()
+                news_due = time.monotonic() + self.news_s * self._rng.uniform(0.5, 1.5)
+                continue
             wait = when - time.monotonic()
-            if wait > 0:
-                gevent.sleep(wait)
-            quote = self.market.tick(symbol)
-            self.ticks += 1
-            self.last_tick_at = time.time()
-            self.publish(quote)
+            # Behind schedule (more ticks asked for than this process can make), still
+            # yield: a feed that never sleeps would starve every stream and request.
+            gevent.sleep(max(0.0, wait))
+            self._tick(symbol)
             heapq.heapreplace(
                 due, (self._next_due(max(when, time.monotonic() - 1)), symbol)
             )
+
+    def _tick(self, symbol: str, shock: float = 0.0) -> None:
+        quote = self.market.tick(symbol, shock)
+        self.ticks += 1
+        self.last_tick_at = time.time()
+        self.publish(quote)
+
+    def _news(self) -> None:
+        """A headline about a random company, after the tick it causes."""
+        assert self.newsroom is not None and self.publish_news is not None
+        company = self.market.companies[self._rng.choice(list(self.market.companies))]
+        headline, shock = self.newsroom.write(company)
+        self._tick(company.symbol, shock)
+        self.headlines += 1
+        self.publish_news(headline)

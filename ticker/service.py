@@ -1,4 +1,9 @@
-"""The running parts of one process, wired together: feed -> rendered fragment -> broker.
+"""The running parts of one process, wired together: feed -> rendered fragments -> broker.
+
+Every tick is rendered here, once, into the events the pages swap in: the symbol's table
+row (event named after the symbol), its chart (``chart``, for its own page) and the market
+summary (``market``, for the table's header); a headline re-renders the news strip
+(``news``). Each goes to the bus as a topic, and from there to every process's broker.
 
 ``create_app`` builds a :class:`Service` without starting anything, so importing the app
 does no work. Whoever serves the app calls :meth:`Service.start` once the process is ready
@@ -9,22 +14,61 @@ to serve (gunicorn's ``post_worker_init`` hook, or ``python app.py``), and
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 import gevent
 from flask import Flask
 from markupsafe import escape
 
-from ticker.broker import BROADCAST, Broker
+from ticker.broker import BROADCAST, CHART_PREFIX, MARKET, NEWS, Broker, chart_topic
 from ticker.bus import Bus, LocalBus, RedisBus
 from ticker.clients import parse_trusted
 from ticker.config import Settings
 from ticker.feed import Feed, Market, Quote, make_universe
-from ticker.sse import encode_event
+from ticker.news import NEWS_KEPT, Headline, Newsroom
+from ticker.sse import encode_event, encode_heartbeat
+from ticker.summary import summarize
 
 log = logging.getLogger(__name__)
+
+# The market summary and each chart go out at most this often (see ``Pacer``).
+PACE_S = 1.0
+
+
+class Pacer:
+    """Calls ``publish(key)`` at most once per ``every_s`` per key, and always after the
+    latest poke: a poke inside the quiet period schedules one call at its end, so the last
+    state is never left unsent."""
+
+    def __init__(self, every_s: float, publish: Callable[[str], None]) -> None:
+        self.every_s = every_s
+        self.publish = publish
+        self._last: dict[str, float] = {}
+        self._timers: dict[str, gevent.Greenlet] = {}
+
+    def poke(self, key: str) -> None:
+        if key in self._timers:
+            return  # a call is already due, and it will send the latest state
+        wait = self._last.get(key, -math.inf) + self.every_s - time.monotonic()
+        if wait <= 0:
+            self._fire(key)
+        else:
+            self._timers[key] = gevent.spawn_later(wait, self._fire, key)
+
+    def _fire(self, key: str) -> None:
+        self._timers.pop(key, None)
+        self._last[key] = time.monotonic()
+        self.publish(key)
+
+    def cancel(self) -> None:
+        """Forget every scheduled call (the feed stopped here)."""
+        gevent.killall(list(self._timers.values()))
+        self._timers.clear()
 
 
 class Service:
@@ -46,9 +90,30 @@ class Service:
             else LocalBus(self.broker)
         )
         self.trusted_proxies = parse_trusted(settings.forwarded_allow_ips)
-        self.feed = Feed(self.market, self.publish_quote, settings.ticker_interval)
-        self._row = app.jinja_env.get_template("_quote_row.html")
-        self._banner = app.jinja_env.get_template("_banner.html")
+        self.feed = Feed(
+            self.market,
+            self.publish_quote,
+            settings.ticker_interval,
+            newsroom=Newsroom(settings.ticker_seed, time.time),
+            publish_news=self.publish_news,
+            news_s=settings.ticker_news_s,
+        )
+        self.headlines: deque[Headline] = deque(maxlen=NEWS_KEPT)
+        env = app.jinja_env
+        self._row = env.get_template("_quote_row.html")
+        self._banner = env.get_template("_banner.html")
+        self._chart = env.get_template("_chart.html")
+        self._summary = env.get_template("_market_summary.html")
+        self._news = env.get_template("_news.html")
+        # A named event, so the page's live marker (which the heartbeat replaces) knows
+        # the stream is alive; the comment line keeps it readable in a raw stream.
+        self.heartbeat = encode_heartbeat(env.get_template("_live.html").render())
+        self._seq = 0  # the latest sequence number this process published a tick with
+        self._latest: dict[str, Quote] = {}  # the latest quote published, per symbol
+        # Every tick changes the summary and its symbol's chart, but they go out at most
+        # once a second each: the summary goes to every viewer of the table, and a chart
+        # (kilobytes, and the costliest thing to render) only needs to keep up with eyes.
+        self._pacer = Pacer(PACE_S, self._publish_paced)
         self.broadcasts = 0
         self.started_at = time.time()
         # Names this process in logs, /healthz and each stream's first comment, so "which
@@ -61,6 +126,12 @@ class Service:
             self.broker.remember(
                 quote.symbol, quote.seq, self.encode_quote(quote), quote
             )
+            self.broker.remember(
+                chart_topic(quote.symbol), quote.seq, self.encode_chart(quote)
+            )
+        self.broker.remember(
+            MARKET, self.market.seq, self.encode_summary(self.market.quotes.values())
+        )
 
     def render_row(self, quote: Quote) -> str:
         """The table row for ``quote``: the same partial the pages include."""
@@ -69,13 +140,40 @@ class Service:
     def encode_quote(self, quote: Quote) -> bytes:
         return encode_event(self.render_row(quote), event=quote.symbol, id=quote.seq)
 
+    def encode_chart(self, quote: Quote) -> bytes:
+        return encode_event(self._chart.render(q=quote), event="chart")
+
+    def encode_summary(self, quotes: Iterable[Quote]) -> bytes:
+        return encode_event(
+            self._summary.render(summary=summarize(quotes)), event=MARKET
+        )
+
     def publish_quote(self, quote: Quote) -> None:
-        """Give a tick its sequence number, render and encode it once, and publish it."""
+        """Give a tick its sequence number, render its events once, and publish them."""
         seq = self.bus.claim_seq(quote.seq)
         if seq is None:
             return  # no longer the leader: the bus is about to stop this feed
+        self._seq = seq
         quote = replace(quote, seq=seq)
         self.bus.publish(quote.symbol, seq, self.encode_quote(quote), quote)
+        self._latest[quote.symbol] = quote
+        self._pacer.poke(chart_topic(quote.symbol))
+        self._pacer.poke(MARKET)
+
+    def _publish_paced(self, topic: str) -> None:
+        """Publish the market summary or a chart, when the pacer says it is time."""
+        if topic == MARKET:
+            payload = self.encode_summary(self.market.quotes.values())
+            self.bus.publish(MARKET, self._seq, payload)
+        else:
+            quote = self._latest[topic.removeprefix(CHART_PREFIX)]
+            self.bus.publish(topic, quote.seq, self.encode_chart(quote))
+
+    def publish_news(self, headline: Headline) -> None:
+        """Add ``headline`` to the news strip and publish the strip."""
+        self.headlines.appendleft(headline)
+        strip = self._news.render(headlines=list(self.headlines))
+        self.bus.publish(NEWS, self._seq, encode_event(strip, event=NEWS))
 
     def broadcast(self, message: str) -> int:
         """Show ``message`` to every viewer (of every process); return local open streams."""
@@ -112,12 +210,14 @@ class Service:
 
     def _on_deposed(self) -> None:
         self.feed.stop()
+        self._pacer.cancel()
 
     def stop(self) -> None:
         """End all streams, the feed and the bus (the process is shutting down)."""
         log.info("shutting down: closing %d streams", self.broker.open_streams)
         self.broker.close()
         self.feed.stop()
+        self._pacer.cancel()
         self.bus.stop()
         if self._reaper is not None:
             self._reaper.kill()

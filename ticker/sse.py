@@ -47,4 +47,8 @@ def encode_comment(text: str) -> bytes:
     )
 
 
-HEARTBEAT = encode_comment("heartbeat")
+def encode_heartbeat(data: str) -> bytes:
+    """A heartbeat: a ``heartbeat`` comment line (all a proxy needs to keep the connection
+    open) and, in the same block, a named ``heartbeat`` event carrying ``data``, so a page
+    can see the stream is alive even when nothing else is moving."""
+    return b": heartbeat\n" + encode_event(data, event="heartbeat")

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Iterator
 
 from ticker.broker import Subscription, chunk
-from ticker.sse import HEARTBEAT
 
 
 class Body:
@@ -47,11 +46,13 @@ class Body:
 def events(
     sub: Subscription,
     heartbeat_s: float,
+    heartbeat: bytes,
     hello: bytes,
     release: Callable[[], None],
     sock: socket.socket | None,
 ) -> Iterator[bytes]:
-    """Yield ``hello`` and the snapshot, then stream until the subscription closes.
+    """Yield ``hello`` and the snapshot, then stream until the subscription closes,
+    sending ``heartbeat`` every ``heartbeat_s`` seconds.
 
     A client that left is noticed by its hang-up watch (or a failed write); either way the
     stream ends and ``finally`` frees the subscription.
@@ -64,17 +65,19 @@ def events(
             # lasts, and the snapshot would be kilobytes per viewer. It follows directly.
             yield hello
             sub.writing_since = None
-            _write_directly(sub, sock, heartbeat_s)
+            _write_directly(sub, sock, heartbeat_s, heartbeat)
         else:
             yield hello + (sub.take(0) or b"")
             sub.writing_since = None
-            yield from _yield_batches(sub, heartbeat_s)
+            yield from _yield_batches(sub, heartbeat_s, heartbeat)
     finally:
         release()
 
 
-def _write_directly(sub: Subscription, sock: socket.socket, heartbeat_s: float) -> None:
-    heartbeat = chunk(HEARTBEAT) if sub.chunked else HEARTBEAT
+def _write_directly(
+    sub: Subscription, sock: socket.socket, heartbeat_s: float, heartbeat: bytes
+) -> None:
+    framed = chunk(heartbeat) if sub.chunked else heartbeat
     next_heartbeat = time.monotonic() + heartbeat_s
     try:
         while True:
@@ -84,7 +87,7 @@ def _write_directly(sub: Subscription, sock: socket.socket, heartbeat_s: float) 
             if sub.closed:
                 return
             if time.monotonic() >= next_heartbeat:
-                sub.push([], HEARTBEAT, heartbeat)
+                sub.push([], heartbeat, framed)
                 next_heartbeat = time.monotonic() + heartbeat_s
     except OSError:
         return  # the client is gone; the server's own last write will fail quietly
@@ -115,7 +118,9 @@ def _catch_up(sub: Subscription, sock: socket.socket) -> bool:
     return True
 
 
-def _yield_batches(sub: Subscription, heartbeat_s: float) -> Iterator[bytes]:
+def _yield_batches(
+    sub: Subscription, heartbeat_s: float, heartbeat: bytes
+) -> Iterator[bytes]:
     """The plain path: one yield per batch; the server resumes us once it is written, so
     ``writing_since`` tells how long a write has been stuck."""
     next_heartbeat = time.monotonic() + heartbeat_s
@@ -125,7 +130,7 @@ def _yield_batches(sub: Subscription, heartbeat_s: float) -> Iterator[bytes]:
             return
         now = time.monotonic()
         if now >= next_heartbeat:
-            data += HEARTBEAT
+            data += heartbeat
             next_heartbeat = now + heartbeat_s
         if data:
             sub.writing_since = now

@@ -1,7 +1,9 @@
-"""HTTP routes: the pages, the SSE streams, the JSON snapshot, health, metrics and broadcast.
+"""HTTP routes: the pages, the SSE streams, the watchlist, the JSON snapshot, health and
+broadcast (``/metrics`` is added by the app factory).
 
 Routes stay short: they validate input, ask the service's broker for a subscription and turn
-it into a response. They never know how quotes are produced or fanned out.
+it into a response. They never know how quotes are produced or fanned out. The viewer's
+watchlist lives in a cookie (no server-side sessions), so any process can serve any request.
 """
 
 from __future__ import annotations
@@ -21,16 +23,26 @@ from flask import (
     abort,
     current_app,
     jsonify,
+    redirect,
     render_template,
     request,
+    url_for,
 )
 from werkzeug.exceptions import HTTPException
 
 from ticker import streams
-from ticker.broker import ClientLimitReached, StreamLimitReached
+from ticker.broker import (
+    MARKET,
+    NEWS,
+    ClientLimitReached,
+    StreamLimitReached,
+    chart_topic,
+)
 from ticker.clients import HangupWatch, client_address, client_socket
+from ticker.feed import Quote
 from ticker.service import Service, get_service
 from ticker.sse import encode_comment, encode_retry
+from ticker.summary import summarize
 
 log = logging.getLogger(__name__)
 bp = Blueprint("views", __name__)
@@ -65,21 +77,169 @@ def _watchlist(raw: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(_symbol(e) for e in entries))
 
 
+WATCHLIST_COOKIE = "watchlist"
+WATCHLIST_SEPARATOR = (
+    "-"  # symbols are letters; a comma would have to be quoted in a cookie
+)
+# Sortable columns: what each sorts by, and the order a first click gives (biggest first
+# for numbers, A to Z for names).
+SORTS: dict[str, tuple[str, str]] = {
+    "symbol": ("symbol", "asc"),
+    "company": ("name", "asc"),
+    "last": ("last", "desc"),
+    "change": ("change", "desc"),
+    "change_pct": ("change_pct", "desc"),
+    "high": ("high", "desc"),
+    "low": ("low", "desc"),
+    "volume": ("volume", "desc"),
+}
+VIEWS = ("one", "per-symbol")  # ?streams=: one stream for the table, or one per row
+
+
+def _viewer_watchlist() -> tuple[str, ...]:
+    """The viewer's watchlist from its cookie; every symbol if there is none.
+
+    A cookie is user input: entries that are not listed symbols (say, after the market's
+    seed changed) are dropped, never an error.
+    """
+    service = _service()
+    raw = request.cookies.get(WATCHLIST_COOKIE, "")
+    known = service.market.companies
+    symbols = [s for s in raw.upper().split(WATCHLIST_SEPARATOR) if s in known]
+    return tuple(dict.fromkeys(symbols))[:MAX_SYMBOLS_PER_STREAM] or service.symbols
+
+
+def _table_options(values: dict[str, str]) -> dict[str, str]:
+    """Validated ``sort``, ``dir`` and ``streams`` from a query string or form."""
+    sort = values.get("sort") or ""
+    if sort and sort not in SORTS:
+        abort(400, f"Unknown sort: choose one of {', '.join(SORTS)}.")
+    direction = values.get("dir") or (SORTS[sort][1] if sort else "")
+    if direction not in ("", "asc", "desc"):
+        abort(400, "Unknown sort direction: use dir=asc or dir=desc.")
+    streams = values.get("streams") or "one"
+    if streams not in VIEWS:
+        abort(400, "Unknown view: use streams=one or streams=per-symbol.")
+    return {"sort": sort, "dir": direction if sort else "", "streams": streams}
+
+
+def _sorted(quotes: list[Quote], sort: str, direction: str) -> list[Quote]:
+    if not sort:
+        return quotes  # watchlist order
+    key = SORTS[sort][0]
+    return sorted(quotes, key=lambda q: getattr(q, key), reverse=direction == "desc")
+
+
+def _sort_link(options: dict[str, str], column: str) -> str:
+    """The link a column heading makes: sort by it, or flip it if it is the sort."""
+    if options["sort"] == column:
+        direction = "asc" if options["dir"] == "desc" else "desc"
+    else:
+        direction = SORTS[column][1]
+    return _index_url(options, sort=column, dir=direction)
+
+
+def _index_url(options: dict[str, str], **changes: str) -> str:
+    merged = {**options, **changes}
+    args = {k: v for k, v in merged.items() if v and (k, v) != ("streams", "one")}
+    return url_for("views.index", **args)
+
+
+def _market_context(
+    options: dict[str, str], editing: bool = False
+) -> dict[str, object]:
+    """What the market section (``_market.html``) needs, for the page and for htmx."""
+    service = _service()
+    watchlist = _viewer_watchlist()
+    quotes = service.broker.quotes
+    return {
+        "options": options,
+        "quotes": _sorted(
+            [quotes[s] for s in watchlist], options["sort"], options["dir"]
+        ),
+        "watchlist": watchlist,
+        "symbols_total": len(service.symbols),
+        "custom": watchlist != service.symbols,
+        "addable": [
+            service.market.companies[s] for s in service.symbols if s not in watchlist
+        ],
+        "summary": summarize(quotes[s] for s in service.symbols),
+        "headlines": list(service.headlines),
+        "stream_url": url_for("views.stream_many", symbols=",".join(watchlist)),
+        "sort_link": lambda column: _sort_link(options, column),
+        "index_url": lambda **changes: _index_url(options, **changes),
+        "editing": editing,
+    }
+
+
 @bp.get("/")
 def index() -> str:
-    """The market table, fed by one stream for all its rows."""
-    service = _service()
-    quotes = [service.broker.quotes[s] for s in service.symbols]
-    return render_template(
-        "index.html",
-        quotes=quotes,
-        symbols=service.symbols,
-    )
+    """The market: the viewer's watchlist as a table, fed by one stream for all its rows
+    (or, with ``?streams=per-symbol``, by one stream per row)."""
+    options = _table_options(request.args)
+    return render_template("index.html", **_market_context(options))
+
+
+def _watchlist_response(symbols: tuple[str, ...]) -> Response:
+    """Store ``symbols`` and show the result: the re-rendered market section for htmx,
+    which swaps it in (and so reconnects the table's one stream to the new list), or a
+    redirect back to the page for a plain form post."""
+    options = _table_options(request.values)
+    default = symbols == _service().symbols
+    if request.headers.get("HX-Request") == "true":
+        context = _market_context(options, watchlist=symbols, editing=True)
+        response = Response(render_template("_market.html", **context))
+    else:
+        response = redirect(_index_url(options), 303)
+    if default:
+        response.delete_cookie(WATCHLIST_COOKIE)
+    else:
+        response.set_cookie(
+            WATCHLIST_COOKIE,
+            WATCHLIST_SEPARATOR.join(symbols),
+            max_age=365 * 24 * 3600,
+            httponly=True,
+            samesite="Lax",
+            secure=request.is_secure,
+        )
+    return response
+
+
+@bp.post("/watchlist")
+def watchlist_add() -> Response:
+    """Add the form's ``symbol`` to the viewer's watchlist (htmx ``hx-post``)."""
+    raw = request.form.get("symbol", "")
+    if not raw.strip():
+        abort(400, "Choose a symbol to add.")
+    symbol = _symbol(raw)
+    watchlist = _viewer_watchlist()
+    if len(watchlist) >= MAX_SYMBOLS_PER_STREAM and symbol not in watchlist:
+        abort(400, f"A watchlist holds at most {MAX_SYMBOLS_PER_STREAM} symbols.")
+    return _watchlist_response(tuple(dict.fromkeys((*watchlist, symbol))))
+
+
+@bp.delete("/watchlist/<symbol>")
+@bp.post("/watchlist/<symbol>/delete")  # the same, for a form without htmx
+def watchlist_remove(symbol: str) -> Response:
+    """Take ``symbol`` off the viewer's watchlist (htmx ``hx-delete``)."""
+    symbol = _symbol(symbol)
+    watchlist = _viewer_watchlist()
+    remaining = tuple(s for s in watchlist if s != symbol)
+    if not remaining:
+        abort(400, "A watchlist keeps at least one symbol.")
+    return _watchlist_response(remaining)
+
+
+@bp.delete("/watchlist")
+@bp.post("/watchlist/reset")  # the same, for a form without htmx
+def watchlist_reset() -> Response:
+    """Back to the default watchlist: every symbol."""
+    return _watchlist_response(_service().symbols)
 
 
 @bp.get("/symbols/<symbol>")
 def symbol_page(symbol: str) -> str:
-    """One company's page, fed by its own stream."""
+    """One company's page: its chart and row, fed by its own stream."""
     service = _service()
     symbol = _symbol(symbol)
     return render_template(
@@ -95,7 +255,9 @@ def _refuse(status: int, message: str) -> Response:
     return response
 
 
-def _open_stream(route: str, symbols: tuple[str, ...]) -> Response:
+def _open_stream(
+    route: str, symbols: tuple[str, ...], extra: tuple[str, ...]
+) -> Response:
     service = _service()
     broker, settings = service.broker, service.settings
     client = client_address(request.environ, service.trusted_proxies)
@@ -105,7 +267,7 @@ def _open_stream(route: str, symbols: tuple[str, ...]) -> Response:
         # by then to the new process.
         return _sse_response(iter([encode_retry(settings.retry_ms)]))
     try:
-        sub = broker.subscribe(route, symbols, client)
+        sub = broker.subscribe(route, (*symbols, *extra), client)
     except ClientLimitReached:
         log.warning("stream refused client=%s: per-client cap reached", client)
         return _refuse(
@@ -157,7 +319,9 @@ def _open_stream(route: str, symbols: tuple[str, ...]) -> Response:
     hello = encode_retry(settings.retry_ms) + encode_comment(
         f"process {service.process_id}"
     )
-    body = streams.events(sub, settings.heartbeat_s, hello, release, sock)
+    body = streams.events(
+        sub, settings.heartbeat_s, service.heartbeat, hello, release, sock
+    )
     return _sse_response(streams.Body(body, release))
 
 
@@ -186,14 +350,18 @@ def _shutdown(sock: socket.socket, how: int) -> None:
 
 @bp.get("/stream/<symbol>")
 def stream_symbol(symbol: str) -> Response:
-    """SSE for one symbol; the event name is the symbol."""
-    return _open_stream("symbol", (_symbol(symbol),))
+    """SSE for one symbol: its row (the event name is the symbol) and its chart."""
+    symbol = _symbol(symbol)
+    return _open_stream("symbol", (symbol,), (chart_topic(symbol),))
 
 
 @bp.get("/stream")
 def stream_many() -> Response:
-    """SSE for ``?symbols=A,B`` (default: every symbol) over one connection."""
-    return _open_stream("multi", _watchlist(request.args.get("symbols")))
+    """SSE for ``?symbols=A,B`` (default: every symbol) over one connection, with the
+    market summary and the news that the table's page shows around it."""
+    return _open_stream(
+        "multi", _watchlist(request.args.get("symbols")), (MARKET, NEWS)
+    )
 
 
 @bp.get("/api/quotes")
