@@ -146,11 +146,14 @@ def _index_url(options: dict[str, str], **changes: str) -> str:
 
 
 def _market_context(
-    options: dict[str, str], editing: bool = False
+    options: dict[str, str],
+    watchlist: tuple[str, ...] | None = None,
+    editing: bool = False,
 ) -> dict[str, object]:
-    """What the market section (``_market.html``) needs, for the page and for htmx."""
+    """What the market section (``_market.html``) needs, for the page and for htmx.
+    ``watchlist`` defaults to the viewer's (from the cookie)."""
     service = _service()
-    watchlist = _viewer_watchlist()
+    watchlist = watchlist or _viewer_watchlist()
     quotes = service.broker.quotes
     return {
         "options": options,
