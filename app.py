@@ -10,9 +10,9 @@ if __name__ == "__main__":
 
     monkey.patch_all()
 
-import logging
+import logging.config
 
-from ticker import create_app, get_service
+from ticker import create_app, get_service, logfmt
 
 app = create_app()
 
@@ -31,11 +31,30 @@ def main() -> None:
             )  # lets streams notice a client leaving
             return environ
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+        def format_request(self) -> str:
+            # The same access line as gunicorn's (see gunicorn.conf.py), without the
+            # timestamp gevent puts in its own: the log line starts with one.
+            took = self.time_finish - self.time_start if self.time_finish else 0.0
+            client = self.client_address
+            return logfmt.event(
+                "http.request",
+                client=client[0] if isinstance(client, tuple) else client or "-",
+                request=self.requestline or "",
+                status=abs(self.code) if self.code else "-",  # < 0: the client left
+                bytes=self.response_length,
+                duration_s=f"{took:.6f}",
+                agent=self.headers.get("User-Agent", "-") if self.headers else "-",
+            )
+
+    logging.config.dictConfig(logfmt.LOGGING)
     service = get_service(app)
-    server = WSGIServer(("0.0.0.0", service.settings.port), app, handler_class=Handler)
+    server = WSGIServer(
+        ("0.0.0.0", service.settings.port),
+        app,
+        handler_class=Handler,
+        log=logging.getLogger("pywsgi.access"),
+        error_log=logging.getLogger("pywsgi.error"),
+    )
 
     def shutdown() -> None:
         service.stop()  # ends every stream at once, so stopping the server does not wait

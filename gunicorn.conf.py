@@ -1,11 +1,14 @@
 """gunicorn settings for the Procfile's ``web: gunicorn app:app`` (read from the current dir).
 
-Every value comes from the same environment settings as the app (``ticker.config``).
+Every value comes from the same environment settings as the app (``ticker.config``), and
+gunicorn logs through the app's own formatter (``ticker.logfmt``): one line per record.
 """
 
-import logging
 import resource
 
+from gunicorn.glogging import Logger
+
+from ticker import logfmt
 from ticker.config import Settings
 
 settings = Settings.from_env()
@@ -27,9 +30,39 @@ timeout = 30
 keepalive = 5
 # gunicorn 27 opens an admin socket under $HOME by default; a PaaS dyno has no use for it.
 control_socket_disable = True
-accesslog = "-"
-errorlog = "-"
+# gunicorn's lines, its access log and the app's share one handler and format (stderr).
+logconfig_dict = logfmt.LOGGING
 loglevel = "info"
+
+
+class AccessLogger(Logger):
+    """gunicorn's logger, with access lines in the app's ``key=value`` form.
+
+    Built with ``logfmt.event`` rather than ``access_log_format``: a format string would
+    repeat the time the line already starts with, and gunicorn escapes quotes in what a
+    client sends but not backslashes, so a User-Agent ending in one would break the field.
+    """
+
+    def access(self, resp, req, environ, request_time) -> None:
+        if not self.access_log_enabled:
+            return
+        atoms = self.atoms(resp, req, environ, request_time)
+        self.access_log.info(
+            logfmt.event(
+                "http.request",
+                client=atoms["h"],
+                request=atoms["r"],
+                status=atoms["s"],
+                # Only what went through gunicorn: a stream's frames are written to its
+                # socket directly, so its event=stream.close line has the true count.
+                bytes=atoms["b"],
+                duration_s=atoms["L"],
+                agent=atoms["a"],
+            )
+        )
+
+
+logger_class = AccessLogger
 
 # Each stream is one file descriptor: lift the soft limit to the hard one.
 _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -53,9 +86,6 @@ def post_worker_init(worker):
 
     from ticker import get_service
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
     service = get_service(worker.wsgi)
     service.start()
 

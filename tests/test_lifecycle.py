@@ -49,7 +49,7 @@ def test_one_feed_per_worker_started_when_serving(tmp_path):
         assert server.get_json("/healthz")["feed"]["running"]
     finally:
         server.stop()
-    assert server.log().count("feed starting") == 1
+    assert server.log().count("event=feed.start ") == 1
 
 
 def test_stream_requests_during_shutdown_get_a_retry_hint_not_a_refusal():

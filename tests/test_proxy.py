@@ -394,7 +394,7 @@ def test_the_sample_config_gives_the_app_the_viewers_address_not_a_spoofed_one(
     opened = [
         line
         for line in app.log_path.read_text(errors="replace")[len(before) :].splitlines()
-        if "stream open" in line
+        if "event=stream.open " in line
     ]
     assert opened and all("client=127.0.0.1 " in line for line in opened), opened
     assert spoofed not in "\n".join(opened)

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 import gevent
 from faker import Faker
 
+from ticker import logfmt
+
 if TYPE_CHECKING:
     from ticker.news import Headline, Newsroom
 
@@ -279,9 +281,12 @@ class Feed:
         while True:
             try:
                 self._run()
-            except Exception:
+            except Exception as exc:
                 self.restarts += 1
-                log.exception("feed crashed; restarting (restart #%d)", self.restarts)
+                error = f"{type(exc).__name__}: {exc}"
+                log.exception(
+                    logfmt.event("feed.restart", restarts=self.restarts, error=error)
+                )
                 gevent.sleep(min(5.0, 0.1 * 2 ** min(self.restarts, 6)))
 
     def _next_due(self, now: float) -> float:

@@ -23,8 +23,8 @@ from dataclasses import replace
 
 import gevent
 from flask import Flask
-from markupsafe import escape
 
+from ticker import logfmt
 from ticker.broker import BROADCAST, CHART_PREFIX, MARKET, NEWS, Broker, chart_topic
 from ticker.bus import Bus, LocalBus, RedisBus
 from ticker.clients import parse_trusted
@@ -179,9 +179,7 @@ class Service:
         """Show ``message`` to every viewer (of every process); return local open streams."""
         self.broadcasts += 1
         log.info(
-            "broadcast to %d local streams: %s",
-            self.broker.open_streams,
-            escape(message),
+            logfmt.event("broadcast", streams=self.broker.open_streams, message=message)
         )
         # No SSE id: ids stay the market's sequence numbers, so they only ever increase.
         payload = encode_event(self._banner.render(message=message), event=BROADCAST)
@@ -202,9 +200,11 @@ class Service:
         self.market.restore(state)
         self.bus.raise_seq_floor(self.broker.last_seq)
         log.info(
-            "feed starting: %d symbols, one tick per %.2fs each",
-            len(self.symbols),
-            self.settings.ticker_interval,
+            logfmt.event(
+                "feed.start",
+                symbols=len(self.symbols),
+                interval_s=self.settings.ticker_interval,
+            )
         )
         self.feed.start()
 
@@ -214,7 +214,7 @@ class Service:
 
     def stop(self) -> None:
         """End all streams, the feed and the bus (the process is shutting down)."""
-        log.info("shutting down: closing %d streams", self.broker.open_streams)
+        log.info(logfmt.event("shutdown", streams=self.broker.open_streams))
         self.broker.close()
         self.feed.stop()
         self._pacer.cancel()
@@ -234,7 +234,13 @@ class Service:
             gevent.sleep(min(1.0, timeout / 2))
             for sub in self.broker.stalled(time.monotonic(), timeout):
                 log.warning(
-                    "dropping stalled stream client=%s route=%s", sub.client, sub.route
+                    logfmt.event(
+                        "stream.drop",
+                        reason="stalled",
+                        client=sub.client,
+                        route=sub.route,
+                        timeout_s=timeout,
+                    )
                 )
                 callback, sub.on_stall = sub.on_stall, None  # once is enough
                 if callback is not None:

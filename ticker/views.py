@@ -30,7 +30,7 @@ from flask import (
 )
 from werkzeug.exceptions import HTTPException
 
-from ticker import streams
+from ticker import logfmt, streams
 from ticker.broker import (
     MARKET,
     NEWS,
@@ -272,22 +272,40 @@ def _open_stream(
     try:
         sub = broker.subscribe(route, (*symbols, *extra), client)
     except ClientLimitReached:
-        log.warning("stream refused client=%s: per-client cap reached", client)
+        log.warning(
+            logfmt.event(
+                "stream.refused",
+                reason="client_cap",
+                status=429,
+                client=client,
+                route=route,
+                limit=broker.max_per_client,
+            )
+        )
         return _refuse(
             429, "Too many open streams from your address; close some and retry."
         )
     except StreamLimitReached:
         log.warning(
-            "stream refused client=%s: %d streams open", client, broker.open_streams
+            logfmt.event(
+                "stream.refused",
+                reason="server_cap",
+                status=503,
+                client=client,
+                route=route,
+                limit=broker.max_streams,
+            )
         )
         return _refuse(503, "Too many open streams on this server; try again shortly.")
     opened = time.monotonic()
     log.info(
-        "stream open client=%s route=%s symbols=%d open=%d",
-        client,
-        route,
-        len(symbols),
-        broker.open_streams,
+        logfmt.event(
+            "stream.open",
+            client=client,
+            route=route,
+            symbols=len(symbols),
+            open=broker.open_streams,
+        )
     )
 
     sock = client_socket(request.environ)
@@ -312,11 +330,15 @@ def _open_stream(
             _shutdown(sock, socket.SHUT_RD)
         if broker.unsubscribe(sub):
             log.info(
-                "stream closed client=%s route=%s after=%.1fs open=%d",
-                client,
-                route,
-                time.monotonic() - opened,
-                broker.open_streams,
+                logfmt.event(
+                    "stream.close",
+                    client=client,
+                    route=route,
+                    duration_s=round(time.monotonic() - opened, 3),
+                    events=sub.delivered,
+                    bytes=sub.sent_bytes,
+                    open=broker.open_streams,
+                )
             )
 
     hello = encode_retry(settings.retry_ms) + encode_comment(
