@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
+from prometheus_client.parser import text_string_to_metric_families
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Fast ticks and heartbeats, so tests wait for events, not for the clock.
@@ -47,6 +49,15 @@ def procfile_command() -> str:
         if line.startswith("web:"):
             return line.removeprefix("web:").strip()
     raise AssertionError("Procfile has no web: line")
+
+
+def stalled_socket(server: Server, path: str = "/stream") -> socket.socket:
+    """A viewer that connects, asks for a stream and then never reads a byte."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+    return sock
 
 
 class Server:
@@ -147,6 +158,22 @@ class Server:
         status, _, body = self.request(path)
         assert status == 200, (status, body)
         return json.loads(body)
+
+    def metrics(self) -> dict[str, float]:
+        """``/metrics`` read with prometheus_client's own parser: every sample's value, by
+        name and labels as the text writes them (``ticker_open_streams{route="multi"}``)."""
+        status, _, body = self.request("/metrics")
+        assert status == 200, (status, body)
+        samples = {}
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                labels = ",".join(
+                    f'{k}="{v}"' for k, v in sorted(sample.labels.items())
+                )
+                samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = (
+                    sample.value
+                )
+        return samples
 
     def wait_for(self, predicate, what: str, timeout: float = 10.0) -> dict:
         """Poll ``/healthz`` until ``predicate(health)`` holds; fail after ``timeout``."""

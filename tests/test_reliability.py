@@ -11,16 +11,7 @@ import threading
 import time
 
 import pytest
-from support import Server, SSEClient, quote_events
-
-
-def stalled_socket(server: Server, path: str = "/stream") -> socket.socket:
-    """A viewer that connects, asks for a stream and then never reads a byte."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", server.port))
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
-    return sock
+from support import Server, SSEClient, quote_events, stalled_socket
 
 
 def reset(sock: socket.socket) -> None:
@@ -68,6 +59,8 @@ def test_stalled_viewers_keep_bounded_mailboxes_and_do_not_delay_others(make_ser
     )
     with SSEClient(server.base, "/stream") as healthy:
         healthy.events_until(lambda ev: len(quote_events(ev)) > 40)  # past the snapshot
+        # A viewer who keeps up never has an update dropped for a newer one.
+        assert server.metrics()["ticker_updates_conflated_total"] == 0
         # The healthy viewer reads all along, as a browser would, while the others stall.
         reader = LatencyReader(healthy)
         reader.start()
@@ -85,6 +78,7 @@ def test_stalled_viewers_keep_bounded_mailboxes_and_do_not_delay_others(make_ser
             mark = len(reader.latencies)
             reader.wait_for_count(mark + 800)  # ~1 s of ticks at 800 per second
             health = server.get_json("/healthz")
+            conflated = server.metrics()["ticker_updates_conflated_total"]
         finally:
             reader.stop()
             for sock in stalled:
@@ -93,6 +87,8 @@ def test_stalled_viewers_keep_bounded_mailboxes_and_do_not_delay_others(make_ser
     # Conflation: whatever they failed to read, each holds at most one event per topic:
     # 40 symbols, the market summary, the news strip and the broadcast banner.
     assert health["streams"]["pending_events"] <= 301 * 43
+    # ... and /metrics counts what they lost that way: every one of them lost some.
+    assert conflated >= 300, conflated
     # A stalled viewer must not hold up anyone else: no tick waits seconds for them.
     # (95th percentile: one scheduling hiccup on a busy machine is not a stall.)
     p95 = sorted(during)[int(len(during) * 0.95)]
@@ -232,7 +228,8 @@ def test_churn_leaks_no_subscriptions_or_file_descriptors(make_server):
     assert open_fds(pid) <= baseline
 
 
-def test_feed_fault_is_logged_and_streams_keep_receiving(tmp_path):
+def test_feed_fault_restarts_the_feed_and_streams_keep_receiving(tmp_path):
+    # What the restart leaves in /metrics and the log: tests/test_ops.py.
     server = Server(
         ["gunicorn", "--pythonpath", "tests", "faulty_app:app"],
         tmp_path / "faulty.log",
@@ -244,9 +241,5 @@ def test_feed_fault_is_logged_and_streams_keep_receiving(tmp_path):
             after = client.events_until(lambda ev: len([e for e in ev if e.id]) >= 30)
         ids = [int(e.id) for e in after if e.id]
         assert ids == sorted(ids)
-        assert (
-            "event=feed.restart restarts=1" in server.log()
-            and "injected fault" in server.log()
-        )
     finally:
         server.stop()

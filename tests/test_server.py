@@ -10,6 +10,7 @@ import json
 import re
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from support import SSEClient, quote_events
 
 
@@ -175,12 +176,28 @@ def test_api_quotes_and_healthz_describe_the_live_market(server):
     assert health["feed"]["ticks"] > 0
 
 
-def test_metrics_are_prometheus_text(server):
+# What an operator is promised on /metrics, and the kind of each: a gauge goes up and down,
+# a counter only rises. tests/test_ops.py proves that each one moves when it should.
+OPERATOR_METRICS = {
+    "ticker_open_streams": "gauge",
+    "ticker_events_sent": "counter",
+    "ticker_bytes_sent": "counter",
+    "ticker_updates_conflated": "counter",
+    "ticker_ticks": "counter",
+    "ticker_feed_restarts": "counter",
+    "ticker_broadcasts": "counter",
+}
+
+
+def test_metrics_are_prometheus_text_with_every_operator_figure(server):
     status, headers, body = server.request("/metrics")
-    text = body.decode()
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
-    assert re.search(r"^ticker_ticks_total \d+", text, re.MULTILINE)
-    assert 'ticker_open_streams{route="multi"}' in text
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    for name, kind in OPERATOR_METRICS.items():
+        assert families[name].type == kind, name
+        assert len(families[name].documentation) > 10, f"{name} says what it counts"
+    routes = {s.labels["route"] for s in families["ticker_open_streams"].samples}
+    assert routes == {"symbol", "multi"}
 
 
 def test_broadcast_needs_the_admin_token_and_reaches_open_streams(server):

@@ -25,14 +25,19 @@ class TickerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         feed, broker = self.service.feed, self.service.broker
         streams = GaugeMetricFamily(
-            "ticker_open_streams", "SSE streams open in this process", labels=["route"]
+            "ticker_open_streams",
+            "SSE streams open in this process, by route",
+            labels=["route"],
         )
         for route in ("symbol", "multi"):
             streams.add_metric([route], broker.open_by_route.get(route, 0))
         yield streams
         events, sent = broker.totals()
         counters = {
-            "ticker_ticks": ("Price ticks made by the feed", feed.ticks),
+            "ticker_ticks": (
+                "Price ticks made by this process's feed (0 where another leads it)",
+                feed.ticks,
+            ),
             "ticker_feed_restarts": (
                 "Times the feed crashed and was restarted",
                 feed.restarts,
@@ -41,13 +46,19 @@ class TickerCollector(Collector):
                 "Events handed to the broker",
                 broker.published,
             ),
-            "ticker_events_sent": ("Events written to streams", events),
-            "ticker_bytes_sent": ("Bytes written to streams", sent),
+            "ticker_events_sent": (
+                "Events written to SSE streams, snapshots included, heartbeats not",
+                events,
+            ),
+            "ticker_bytes_sent": ("Bytes written to SSE streams", sent),
             "ticker_updates_conflated": (
-                "Updates replaced by a newer one before a slow viewer read them",
+                "Updates dropped for a newer one before a slow viewer read them",
                 broker.conflated,
             ),
-            "ticker_broadcasts": ("Admin broadcasts sent", self.service.broadcasts),
+            "ticker_broadcasts": (
+                "Admin broadcasts sent through this process",
+                self.service.broadcasts,
+            ),
         }
         for name, (doc, value) in counters.items():
             yield CounterMetricFamily(name, doc, value=value)
