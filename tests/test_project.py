@@ -1,10 +1,15 @@
-"""Promises about the repository itself: layout, the README's commands, what CI runs."""
+"""Promises about the repository itself: layout, the README's commands, what CI runs, the
+deploy manifest."""
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import fields
 
 from support import ROOT
+
+from ticker.config import Settings
 
 
 def setup_commands() -> list[str]:
@@ -47,6 +52,7 @@ def test_top_level_layout_is_the_agreed_one():
         "bench",
         ".gitignore",
         ".git",
+        "app.json",
     }
     present = {p.name for p in ROOT.iterdir()} - {
         ".hypothesis",
@@ -61,3 +67,39 @@ def test_top_level_layout_is_the_agreed_one():
 
 def test_procfile_runs_gunicorn_with_the_committed_config():
     assert (ROOT / "Procfile").read_text().strip() == "web: gunicorn app:app"
+
+
+def test_app_json_is_valid_and_sets_only_real_settings_with_valid_values():
+    manifest = json.loads((ROOT / "app.json").read_text())
+    env = manifest["env"]
+    settings = {field.name.upper() for field in fields(Settings)}
+    assert set(env) <= settings, set(env) - settings
+    assert {
+        "WEB_CONCURRENCY",
+        "REDIS_URL",
+        "ADMIN_TOKEN",
+        "FORWARDED_ALLOW_IPS",
+    } <= set(env)
+    assert all(entry["description"] for entry in env.values())
+    assert env["ADMIN_TOKEN"]["generator"] == "secret"
+    # The values a deploy gets are ones the app starts with.
+    Settings.from_env({name: entry.get("value", "") for name, entry in env.items()})
+    assert len(manifest["name"]) <= 30 and len(manifest["description"]) <= 140
+    assert manifest["formation"]["web"]["quantity"] == 1
+    assert manifest["buildpacks"] == [{"url": "heroku/python"}]
+
+
+def test_readme_deploy_commands_set_only_real_settings():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Deploy it: from zero to a URL", 1)[1].split("\n## ", 1)[
+        0
+    ]
+    settings = {field.name.upper() for field in fields(Settings)}
+    named = {
+        name
+        for line in section.splitlines()
+        if "heroku config:set" in line
+        for name in re.findall(r" ([A-Z][A-Z0-9_]*)=", line)
+    }
+    assert named <= settings, named - settings
+    assert {"ADMIN_TOKEN", "FORWARDED_ALLOW_IPS", "WEB_CONCURRENCY"} <= named
