@@ -1,11 +1,14 @@
 """Promises about the repository itself: layout, the README's commands, what CI runs, the
-deploy manifest."""
+deploy manifest, and a docstring atop every module."""
 
 from __future__ import annotations
 
+import ast
 import json
+import os
 import re
 from dataclasses import fields
+from pathlib import Path
 
 from support import ROOT
 
@@ -103,3 +106,24 @@ def test_readme_deploy_commands_set_only_real_settings():
     }
     assert named <= settings, named - settings
     assert {"ADMIN_TOKEN", "FORWARDED_ALLOW_IPS", "WEB_CONCURRENCY"} <= named
+
+
+def python_files() -> list[Path]:
+    """Every Python file of the project; virtualenvs, caches and other tools' trees (any
+    directory whose name starts with a dot, and node_modules) are not walked into."""
+    found = []
+    for folder, dirs, names in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "node_modules"]
+        found += [Path(folder, name) for name in names if name.endswith(".py")]
+    return sorted(found)
+
+
+def test_every_module_starts_with_a_docstring_saying_what_it_holds():
+    files = python_files()
+    assert ROOT / "app.py" in files and ROOT / "gunicorn.conf.py" in files
+    missing = [
+        str(path.relative_to(ROOT))
+        for path in files
+        if not ast.get_docstring(ast.parse(path.read_text(), str(path)))
+    ]
+    assert not missing, missing
