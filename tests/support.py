@@ -97,7 +97,10 @@ class Server:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> Server:
+    def start(self, timeout: float = 20.0, ready=None) -> Server:
+        """Start, and return once ``ready(/healthz)`` holds (by default: the bus is
+        connected, so the market is flowing)."""
+        ready = ready or (lambda health: health["bus"]["connected"])
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             self.command,
@@ -112,7 +115,7 @@ class Server:
             if self.process.poll() is not None:
                 raise AssertionError(f"server exited at start:\n{self.log()}")
             try:
-                if self.get_json("/healthz")["bus"]["connected"]:
+                if ready(self.get_json("/healthz")):
                     return self
             except (OSError, http.client.HTTPException):
                 pass

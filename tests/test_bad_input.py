@@ -560,6 +560,58 @@ def test_any_last_event_id_still_opens_the_stream_with_a_full_snapshot(
         close_stream(client)
 
 
+# --- The watchlist: a form field and a cookie ------------------------------------------------
+
+cookie_values = st.one_of(
+    st.lists(st.one_of(real, well_formed, injection), max_size=8),
+    st.text(st.characters(codec="ascii", exclude_categories=["Cc"]), max_size=60),
+)
+
+
+@settings(PROPERTY, max_examples=120)
+@given(
+    field=st.one_of(real, real_padded, well_formed, injection, st.text(max_size=30)),
+    cookie=cookie_values,
+    htmx=st.booleans(),
+)
+@example(field='"><img src=x onerror=alert(1)>', cookie="", htmx=True)
+def test_a_watchlist_edit_is_a_page_or_redirect_or_a_short_escaped_4xx_and_any_cookie_is_fine(
+    server, symbols, field, cookie, htmx
+):
+    field = materialize(field, symbols)
+    if isinstance(cookie, list):
+        cookie = "-".join(str(materialize(part, symbols)) for part in cookie)
+    # What a browser can store and send back (RFC 6265 cookie-octets).
+    cookie = "".join(c for c in cookie if "!" <= c <= "~" and c not in ';,"\\')
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    if cookie:
+        headers["Cookie"] = f"watchlist={cookie}"
+    if htmx:
+        headers["HX-Request"] = "true"
+    note(f"symbol={field!r} cookie={cookie!r}")
+    status, reply_headers, body = send(
+        server, "POST", "/watchlist", headers, urlencode({"symbol": field}).encode()
+    )
+    stripped = field.strip()
+    real_symbol = SYMBOL.fullmatch(stripped) and stripped.upper() in symbols
+    event(f"watchlist add: {status}")
+    if real_symbol:
+        assert status == (200 if htmx else 303), (status, body[:200])
+        kept = reply_headers.get("Set-Cookie", "")
+        assert stripped.upper() in kept or "watchlist=;" in kept, kept
+    else:
+        assert status in (400, 404), (status, body[:200])
+        assert_clear_error(status, reply_headers, body)
+        assert_not_reflected(field, status, reply_headers, body, b"")
+    # The page never minds the cookie: it shows the valid part of it, or every symbol.
+    page_status, _, page = send(
+        server, "GET", "/", {"Cookie": f"watchlist={cookie}"} if cookie else {}
+    )
+    assert page_status == 200
+    shown = re.findall(r'<tr id="quote-([A-Z]+)"', page.decode())
+    assert shown and set(shown) <= set(symbols)
+
+
 # --- Methods ----------------------------------------------------------------------------------
 
 ROUTES = {
@@ -572,6 +624,11 @@ ROUTES = {
     "/healthz": GET_ALLOWED,
     "/metrics": GET_ALLOWED,
     "/broadcast": POST_ALLOWED,
+    "/watchlist": frozenset({"POST", "DELETE", "OPTIONS"}),
+    "/watchlist/{s}": frozenset({"DELETE", "OPTIONS"}),
+    "/watchlist/{s}/delete": POST_ALLOWED,
+    # DELETE too: it is DELETE /watchlist/<symbol> with "reset" as the symbol (a 404).
+    "/watchlist/reset": frozenset({"POST", "DELETE", "OPTIONS"}),
 }
 TOKEN_CHARS = (
     "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -617,6 +674,11 @@ def test_a_method_a_route_does_not_allow_gets_405_with_an_allow_header(
         assert status == 200 and body == b""
     elif method == "GET" and "GET" in allowed:
         assert status == 200
+    elif route.startswith("/watchlist") and method in allowed:
+        # Without a form field, adding is a 400; the rest edit the default list and
+        # redirect back to the page (these requests are not htmx's).
+        expected = {("/watchlist", "POST"): 400, ("/watchlist/reset", "DELETE"): 404}
+        assert status == expected.get((route, method), 303)
     elif method == "POST" and "POST" in allowed:
         assert status == 401  # no token
         assert headers["WWW-Authenticate"] == "Bearer"

@@ -112,7 +112,7 @@ def test_the_table_stream_carries_the_market_summary_news_and_named_heartbeats(
     )
     assert 1 <= len(headlines) <= 5, news
     assert {s for _, s in headlines} <= set(quotes)
-    stamps = [int(t) for t in re.findall(r'data-ts="(\d+)"', news)]
+    stamps = [int(t) for t in re.findall(r'data-published-ts="(\d+)"', news)]
     assert stamps == sorted(stamps, reverse=True), "newest headline first"
 
     beat = next(e for e in events if e.event == "heartbeat")
@@ -146,7 +146,9 @@ def test_a_symbol_stream_carries_its_row_and_its_chart_but_not_the_summary(
     names = {e.event for e in events if e.data}
     assert names <= {symbol, "chart", "heartbeat"}, names
     chart = [e for e in events if e.event == "chart"][-1].data
-    assert f'data-symbol="{symbol}"' in chart and re.search(r'data-ts="\d{13}"', chart)
+    assert f'data-symbol="{symbol}"' in chart and re.search(
+        r'data-tick-ts="\d{13}"', chart
+    )
     assert re.search(r'<path class="chart-line" d="M\d+ \d+l[-\d ]+"', chart), chart
     # The day range is the quote's own: the low and high of the row with the same seq.
     rows_by_seq = {e.id: e.data for e in events if e.event == symbol}

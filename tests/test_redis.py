@@ -15,7 +15,7 @@ import subprocess
 import time
 
 import pytest
-from support import Server, SSEClient, free_port
+from support import Server, SSEClient, free_port, quote_events
 
 REDIS_SERVER = os.environ.get("TICKER_REDIS_SERVER", shutil.which("redis-server") or "")
 HOW_TO_ENABLE = (
@@ -260,3 +260,64 @@ def test_several_workers_without_redis_run_one_worker_and_warn(tmp_path):
     finally:
         server.stop()
     assert "running ONE worker" in server.log()
+
+
+# --- TLS with a self-signed certificate, as Heroku's Redis add-on serves it ----------------
+
+
+def test_a_self_signed_tls_redis_is_refused_unless_verification_is_turned_off(
+    tmp_path, redis_server
+):
+    """Heroku's Redis speaks TLS with a self-signed certificate: the client refuses it by
+    default (a good default), and ``REDIS_TLS_VERIFY=0`` is the documented way in."""
+    openssl = shutil.which("openssl")
+    if not openssl:
+        message = "openssl is needed to make the test certificate"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    cert, key = tmp_path / "redis.crt", tmp_path / "redis.key"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    tls = subprocess.Popen(
+        [REDIS_SERVER, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1"]
+        + ["--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+        + ["--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]
+        + ["--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    servers: list[Server] = []
+    try:
+        url = f"rediss://127.0.0.1:{port}/0"
+        strict = Server.procfile(tmp_path / "strict.log", env={"REDIS_URL": url})
+        servers.append(strict)
+        strict.start(ready=lambda health: True)  # it serves, but cannot reach Redis
+        lax = Server.procfile(
+            tmp_path / "lax.log", env={"REDIS_URL": url, "REDIS_TLS_VERIFY": "0"}
+        )
+        servers.append(lax)
+        lax.start()
+        health = lax.get_json("/healthz")
+        assert health["bus"]["connected"] and health["bus"]["kind"] == "redis"
+        with SSEClient(lax.base, "/stream") as client:
+            client.events_until(lambda ev: len(quote_events(ev)) >= 20)
+        assert "redis.tls_unverified" in lax.log()
+        # Meanwhile the verifying one never got through, and says why.
+        deadline = time.monotonic() + 10
+        while "redis.unavailable" not in strict.log():
+            assert time.monotonic() < deadline, strict.log()
+            time.sleep(0.05)
+        assert "CERTIFICATE_VERIFY_FAILED" in strict.log(), strict.log()
+        health = strict.get_json("/healthz")
+        assert health["status"] == "degraded" and not health["bus"]["connected"]
+    finally:
+        for server in servers:
+            server.stop()
+        tls.terminate()
+        tls.wait(10)

@@ -26,6 +26,7 @@ from typing import Protocol
 
 import gevent
 
+from ticker import logfmt
 from ticker.broker import BROADCAST, Broker
 from ticker.feed import Quote
 
@@ -118,13 +119,29 @@ class RedisBus:
     LOCK_TTL_S = 5.0
     CAMPAIGN_EVERY_S = 1.0
 
-    def __init__(self, url: str, namespace: str, broker: Broker) -> None:
+    def __init__(
+        self, url: str, namespace: str, broker: Broker, tls_verify: bool = True
+    ) -> None:
         import redis  # only deployments that set REDIS_URL need the package loaded
 
         self._errors = (redis.RedisError, OSError)
         self.broker = broker
+        options: dict[str, object] = {}
+        if url.startswith("rediss://") and not tls_verify:
+            # Encrypted, but anyone on the path could pose as the server: say so.
+            log.warning(
+                logfmt.event(
+                    "redis.tls_unverified",
+                    detail="REDIS_TLS_VERIFY=0: the server's certificate is not checked",
+                )
+            )
+            options["ssl_cert_reqs"] = "none"
         self.redis = redis.Redis.from_url(
-            url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=5
+            url,
+            socket_timeout=5,
+            socket_connect_timeout=3,
+            health_check_interval=5,
+            **options,
         )
         self.lock_key = f"{namespace}:leader"
         self.seq_key = f"{namespace}:seq"
@@ -272,8 +289,16 @@ class RedisBus:
                         "redis connection lost: %s; streams stay open, data is stale",
                         exc,
                     )
+                    log.info("redis: reconnecting in %.1fs", backoff)
+                else:
+                    # Never connected (or still not): say why, at most every 8 s, or a
+                    # wrong URL or a refused certificate would look like nothing at all.
+                    log.warning(
+                        logfmt.event(
+                            "redis.unavailable", error=str(exc), retry_s=backoff
+                        )
+                    )
                 self.connected = False
-                log.info("redis: reconnecting in %.1fs", backoff)
                 gevent.sleep(backoff)
                 backoff = min(backoff * 2, 8.0)
             finally:

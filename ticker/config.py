@@ -29,6 +29,9 @@ class Settings:
     heartbeat_s: float = 15.0
     max_streams: int = 10_000
     redis_url: str = ""
+    # 0: accept a rediss:// (TLS) server's certificate without verifying it. Heroku's Redis
+    # add-on serves a self-signed one; only turn this off for a Redis you reach that way.
+    redis_tls_verify: int = 1
     admin_token: str = ""
     web_concurrency: int = 1
     # Flood protection: open streams one client address may hold (0: no cap). Behind a
@@ -55,6 +58,7 @@ class Settings:
             "heartbeat_s": self.heartbeat_s > 0,
             "max_streams": self.max_streams >= 1,
             "web_concurrency": self.web_concurrency >= 1,
+            "redis_tls_verify": self.redis_tls_verify in (0, 1),
             "max_streams_per_client": self.max_streams_per_client >= 0,
             "write_timeout_s": self.write_timeout_s > 0,
             "frame_ms": 0 <= self.frame_ms <= 5000,

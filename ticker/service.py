@@ -85,7 +85,12 @@ class Service:
             settings.frame_ms / 1000,
         )
         self.bus: Bus = (
-            RedisBus(settings.redis_url, _namespace(settings), self.broker)
+            RedisBus(
+                settings.redis_url,
+                _namespace(settings),
+                self.broker,
+                tls_verify=bool(settings.redis_tls_verify),
+            )
             if settings.redis_url
             else LocalBus(self.broker)
         )
