@@ -1,9 +1,25 @@
-"""Shared fixtures: real servers on free loopback ports, started once per module."""
+"""Shared fixtures: real servers on free loopback ports, started once per module, and one
+headless Chromium for every browser test of the session (helpers in ``browser_support``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
 import pytest
+from browser_support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    DESKTOP,
+    UPDATE_MS,
+    Watch,
+    require_browser,
+    sync_playwright,
+)
 from support import Server
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, BrowserContext, Page
 
 
 @pytest.fixture(scope="module", params=["procfile", "app_py"])
@@ -13,3 +29,46 @@ def server(request, tmp_path_factory):
     srv = getattr(Server, request.param)(log_path).start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """One headless Chromium for the whole session (Debian's; never a downloaded one)."""
+    require_browser()
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def gunicorn(tmp_path_factory) -> Iterator[Server]:
+    """The app as a PaaS runs it: the Procfile's web: line, gunicorn with the gevent worker."""
+    log_path = tmp_path_factory.mktemp("browser") / "procfile.log"
+    server = Server.procfile(log_path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def open_page(browser: Browser) -> Iterator[Callable[..., tuple[Page, Watch]]]:
+    """Open a page in a fresh context on ``server``; every context is closed afterwards.
+
+    Each context is its own cookie jar and its own connection pool, like a separate viewer.
+    """
+    contexts: list[BrowserContext] = []
+
+    def open_(server: Server, viewport: dict[str, int] = DESKTOP, **options):
+        context = browser.new_context(
+            base_url=server.base, viewport=viewport, **options
+        )
+        context.set_default_timeout(UPDATE_MS)
+        contexts.append(context)
+        watch = Watch(context)
+        return context.new_page(), watch
+
+    yield open_
+    for context in contexts:
+        context.close()

@@ -13,146 +13,37 @@ a browser here. Screenshots and the measured reconnect time go to ``artifacts/``
 from __future__ import annotations
 
 import json
-import os
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from browser_support import (
+    PHONE,
+    UPDATE_MS,
+    Watch,
+    assert_strict_csp,
+    expect,
+    is_page_or_static,
+    row,
+    screenshot,
+    symbols_of,
+    wait_for_new_tick,
+)
 from support import ROOT, Server
 
-try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:  # the `browser` fixture reports it: a skip, or a failure on CI
-    expect = sync_playwright = None
-
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from playwright.sync_api import Page, Response
 
-    from playwright.sync_api import (
-        Browser,
-        BrowserContext,
-        ConsoleMessage,
-        Locator,
-        Page,
-        Request,
-        Response,
-        WebError,
-    )
-
-CHROMIUM = os.environ.get("TICKER_CHROMIUM", "/usr/bin/chromium")
-# Quiet and offline: no updates, no sync, no first-run pages, no GPU, no QUIC probing.
-CHROMIUM_ARGS = [
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-gpu",
-    "--disable-quic",
-]
-HOW_TO_ENABLE = (
-    "enable the browser tests with `apt-get install chromium` and "
-    "`pip install -r requirements-dev.txt` (TICKER_CHROMIUM=/path selects another Chromium)"
-)
-
-SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 RECONNECT_REPORT = ROOT / "artifacts" / "reconnect.json"
-DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
 
-UPDATE_MS = 5_000  # ticks come every ~0.2 s per symbol (TEST_ENV), so this is generous
 MIN_SYMBOLS = 12
 UPDATES_PER_ROW = 3
 PROMPT_S = 2.0  # an ordinary request while the table streams
 RECONNECT_BUDGET_S = 10.0
 
 
-# --- fixtures -------------------------------------------------------------------------
-
-
-def _missing_browser_parts() -> list[str]:
-    missing = []
-    if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
-        missing.append(f"no Chromium at {CHROMIUM}")
-    if sync_playwright is None:
-        missing.append("the playwright package is not installed")
-    return missing
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
-    """One headless Chromium for the whole session."""
-    missing = _missing_browser_parts()
-    if missing:
-        message = f"browser tests: {'; '.join(missing)}; {HOW_TO_ENABLE}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS
-        )
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture(scope="module")
-def gunicorn(tmp_path_factory) -> Iterator[Server]:
-    """The app as a PaaS runs it: the Procfile's web: line, gunicorn with the gevent worker."""
-    log_path = tmp_path_factory.mktemp("browser") / "procfile.log"
-    server = Server.procfile(log_path).start()
-    yield server
-    server.stop()
-
-
-class Watch:
-    """Everything one browser context did: its requests and its errors.
-
-    Content Security Policy violations reach Chromium's console as errors, so ``errors``
-    holds them too, next to console errors and uncaught exceptions.
-    """
-
-    def __init__(self, context: BrowserContext) -> None:
-        self.requests: list[Request] = []
-        self.errors: list[str] = []
-        # Playwright wants Python callables here, not built-ins like list.append.
-        context.on("request", lambda request: self.requests.append(request))
-        context.on("console", self._console)
-        context.on("weberror", self._web_error)
-
-    def _console(self, message: ConsoleMessage) -> None:
-        if message.type == "error":
-            where = message.location.get("url") or "?"
-            self.errors.append(f"console: {message.text} ({where})")
-
-    def _web_error(self, error: WebError) -> None:
-        self.errors.append(f"uncaught: {error.error}")
-
-    def paths(self) -> list[str]:
-        return [urlsplit(r.url).path for r in self.requests]
-
-    def streams(self) -> list[Request]:
-        return [r for r in self.requests if urlsplit(r.url).path.startswith("/stream")]
-
-
-@pytest.fixture
-def open_page(browser: Browser) -> Iterator[Callable[..., tuple[Page, Watch]]]:
-    """Open a page in a fresh context on ``server``; every context is closed afterwards."""
-    contexts: list[BrowserContext] = []
-
-    def open_(server: Server, viewport: dict[str, int] = DESKTOP, **options):
-        context = browser.new_context(
-            base_url=server.base, viewport=viewport, **options
-        )
-        context.set_default_timeout(UPDATE_MS)
-        contexts.append(context)
-        watch = Watch(context)
-        return context.new_page(), watch
-
-    yield open_
-    for context in contexts:
-        context.close()
+# --- fixtures (the browser, pages and the gunicorn server are in conftest.py) ---------
 
 
 @pytest.fixture
@@ -161,46 +52,6 @@ def table(gunicorn: Server, open_page) -> tuple[Page, Watch, Response]:
     page, watch = open_page(gunicorn)
     response = page.goto("/")
     return page, watch, response
-
-
-# --- helpers --------------------------------------------------------------------------
-
-
-def rows(page: Page) -> Locator:
-    return page.locator("tr.quote")
-
-
-def symbols_of(page: Page) -> list[str]:
-    return [row.get_attribute("data-symbol") for row in rows(page).all()]
-
-
-def row(page: Page, symbol: str) -> Locator:
-    return page.locator(f"#quote-{symbol}")
-
-
-def wait_for_new_tick(page: Page, symbol: str, seen: str) -> str:
-    """Wait until the row of ``symbol`` shows a tick other than ``seen``; return its seq."""
-    expect(row(page, symbol)).not_to_have_attribute("data-seq", seen, timeout=UPDATE_MS)
-    return row(page, symbol).get_attribute("data-seq")
-
-
-def assert_strict_csp(response: Response) -> None:
-    policy = response.headers.get("content-security-policy", "")
-    directives = {d.strip() for d in policy.split(";")}
-    assert "default-src 'self'" in directives, policy
-    assert "script-src 'self'" in directives, policy
-    assert "style-src 'self'" in directives, policy
-
-
-def screenshot(page: Page, name: str) -> None:
-    """Save a full-page screenshot once no swap is in the middle of settling."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    expect(page.locator(".htmx-settling")).to_have_count(0)
-    page.screenshot(path=SCREENSHOTS / name, full_page=True)
-
-
-def is_page_or_static(path: str) -> bool:
-    return path == "/" or path.startswith(("/static/", "/symbols/"))
 
 
 # --- the table ------------------------------------------------------------------------
