@@ -192,6 +192,48 @@ def open_watchlist(page: Page) -> None:
     expect(page.locator("details.watchlist")).to_have_attribute("open", "")
 
 
+# Test instrumentation, injected before the page's own scripts (``record_row_events``):
+# for every row event the page's EventSource receives, keep its seq as the latest of its
+# symbol, and note whether, a moment later, the row shows that tick (or a newer one). The
+# app runs no JavaScript of ours; this only watches it. Checks stop after ``limit`` events.
+RECORD_ROW_EVENTS_JS = """limit => {
+    window.__rowEvents = {received: 0, pending: 0, behind: [], latest: {}};
+    const Native = window.EventSource;
+    window.EventSource = function (url, options) {
+        const source = new Native(url, options);
+        const add = source.addEventListener.bind(source);
+        const watched = new Set();
+        source.addEventListener = (type, listener, opts) => {
+            add(type, listener, opts);
+            if (!/^[A-Z]{2,5}$/.test(type) || watched.has(type)) return;
+            watched.add(type);
+            add(type, event => {
+                const log = window.__rowEvents;
+                const seq = Number(/data-seq="(\\d+)"/.exec(event.data)[1]);
+                log.latest[type] = Math.max(seq, log.latest[type] || 0);
+                if (log.received >= limit) return;
+                log.received++;
+                log.pending++;
+                setTimeout(() => {
+                    const shown = Number(document.getElementById('quote-' + type).dataset.seq);
+                    if (shown < seq) log.behind.push({type, seq, shown});
+                    log.pending--;
+                }, 40);
+            });
+        };
+        return source;
+    };
+    for (const state of ['CONNECTING', 'OPEN', 'CLOSED'])
+        window.EventSource[state] = Native[state];
+    window.EventSource.prototype = Native.prototype;
+}"""
+
+
+def record_row_events(page: Page, limit: int = 0) -> None:
+    """Install RECORD_ROW_EVENTS_JS in ``page``'s context, for pages loaded from now on."""
+    page.context.add_init_script(f"({RECORD_ROW_EVENTS_JS})({limit})")
+
+
 # The symbols among ``seen`` ({symbol: data-seq}) whose row shows another tick now.
 CHANGED_ROWS_JS = """seen => Object.entries(seen)
     .filter(([symbol, seq]) => document.getElementById('quote-' + symbol).dataset.seq !== seq)
@@ -435,7 +477,9 @@ def test_reduced_motion_turns_the_flash_off_but_keeps_the_stale_markers(
 
 # At the instant a new market header is swapped in, it and every row, as the page shows
 # them. Rows and header come down one stream in sequence order, so at that instant the rows
-# show exactly the market the header was computed from (when no row is newer than it).
+# show exactly the market the header was computed from, unless the page dropped a row's
+# update (the bug pinned by test_no_update_is_dropped_...): ``dropped`` names such rows,
+# from what RECORD_ROW_EVENTS_JS saw arrive.
 SUMMARY_SAMPLES_JS = """() => {
     window.__summaries = [];
     new MutationObserver(records => {
@@ -450,6 +494,10 @@ SUMMARY_SAMPLES_JS = """() => {
                 unchanged: text('.unch b'),
                 datetime: node.querySelector('.summary-clock time').getAttribute('datetime'),
                 clock: text('.summary-clock time'),
+                dropped: [...document.querySelectorAll('tr.quote')]
+                    .filter(row => (window.__rowEvents.latest[row.dataset.symbol] || 0)
+                        > Number(row.dataset.seq))
+                    .map(row => row.dataset.symbol),
                 rows: [...document.querySelectorAll('tr.quote')].map(row => ({
                     symbol: row.dataset.symbol,
                     ts: Number(row.dataset.ts),
@@ -468,23 +516,19 @@ def test_market_header_summarises_every_symbol_exactly_as_the_rows_show_them(
     gunicorn, open_page
 ):
     page, watch = open_page(gunicorn)
+    record_row_events(page)
     page.goto("/")
     expect(rows(page)).to_have_count(SYMBOLS)
-    # Compare in the steady state: once every row has moved since the page loaded. (Right
-    # after connecting, an update can be dropped: see test_no_update_is_dropped_...)
-    loaded = {s: row(page, s).get_attribute("data-seq") for s in symbols_of(page)}
-    page.wait_for_function(
-        f"seen => ({CHANGED_ROWS_JS})(seen).length === {SYMBOLS}",
-        arg=loaded,
-        timeout=UPDATE_MS,
-    )
     page.evaluate(SUMMARY_SAMPLES_JS)
+    # Samples where the page dropped nothing; the others cannot be compared (on a loaded
+    # machine, about one in three until the dropped-update bug is fixed).
     page.wait_for_function(
-        f"() => window.__summaries.length >= {MIN_SUMMARY_SAMPLES}",
-        timeout=MIN_SUMMARY_SAMPLES * PACE_S * 1000 + UPDATE_MS,
+        "() => window.__summaries.filter(s => s.dropped.length === 0).length"
+        f" >= {MIN_SUMMARY_SAMPLES}",
+        timeout=3 * MIN_SUMMARY_SAMPLES * PACE_S * 1000 + UPDATE_MS,
     )
     samples = page.evaluate("() => window.__summaries")
-    for sample in samples:
+    for sample in (s for s in samples if not s["dropped"]):
         quotes = sample["rows"]
         assert len(quotes) == SYMBOLS
         assert max(q["ts"] for q in quotes) == sample["ts"], "header ahead of the rows"
@@ -1049,6 +1093,7 @@ def test_an_admin_message_reaches_every_open_page_as_a_banner(
 # Ticks every ~30 ms per symbol, each sent at once (no frames): updates of one row then
 # come closer together than htmx's default settle delay of 20 ms.
 FAST_ENV = {"TICKER_INTERVAL": "0.03", "FRAME_MS": "0"}
+ROW_EVENTS_CHECKED = 1_000
 
 
 @pytest.fixture(scope="module")
@@ -1097,44 +1142,6 @@ def test_live_marker_goes_stale_by_itself_when_the_server_freezes_and_recovers(
             freeze(server, signal.SIGCONT)
 
 
-# Test instrumentation, injected before the page's own scripts: for every row event the
-# page's EventSource receives, note whether, a moment later, the row shows that tick (or a
-# newer one). The app runs no JavaScript of ours; this only watches it.
-RECORD_ROW_EVENTS_JS = """(() => {
-    const limit = %(limit)d;
-    window.__rowEvents = {received: 0, pending: 0, behind: []};
-    const Native = window.EventSource;
-    window.EventSource = function (url, options) {
-        const source = new Native(url, options);
-        const add = source.addEventListener.bind(source);
-        const watched = new Set();
-        source.addEventListener = (type, listener, opts) => {
-            add(type, listener, opts);
-            if (!/^[A-Z]{2,5}$/.test(type) || watched.has(type)) return;
-            watched.add(type);
-            add(type, event => {
-                const log = window.__rowEvents;
-                if (log.received >= limit) return;
-                const seq = Number(/data-seq="(\\d+)"/.exec(event.data)[1]);
-                log.received++;
-                log.pending++;
-                setTimeout(() => {
-                    const shown = Number(document.getElementById('quote-' + type).dataset.seq);
-                    if (shown < seq) log.behind.push({type, seq, shown});
-                    log.pending--;
-                }, 40);
-            });
-        };
-        return source;
-    };
-    for (const state of ['CONNECTING', 'OPEN', 'CLOSED'])
-        window.EventSource[state] = Native[state];
-    window.EventSource.prototype = Native.prototype;
-})()"""
-ROW_EVENTS_CHECKED = 1_000
-RECORD_ROW_EVENTS_JS %= {"limit": ROW_EVENTS_CHECKED}
-
-
 @pytest.mark.xfail(
     strict=True,
     reason=(
@@ -1150,7 +1157,7 @@ def test_no_update_is_dropped_when_swaps_come_close_together(fast_server, open_p
     news event leaves that part up to a second (or a headline) behind. Fast ticks make it
     happen every second, so the test can tell."""
     page, watch = open_page(fast_server)
-    page.context.add_init_script(RECORD_ROW_EVENTS_JS)
+    record_row_events(page, limit=ROW_EVENTS_CHECKED)
     page.goto("/")
     page.wait_for_function(
         f"() => window.__rowEvents.behind.length > 0"
