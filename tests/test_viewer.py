@@ -317,7 +317,7 @@ CHART_AND_ROW_JS = """symbol => {
     return {
         seq: row.dataset.seq,
         chart_symbol: chart.dataset.symbol,
-        chart_ts: chart.dataset.ts,
+        chart_ts: chart.dataset.tickTs,
         row_ts: row.dataset.ts,
         day_low: text('.day-range .day-low'),
         day_high: text('.day-range .day-high'),
@@ -346,8 +346,8 @@ def test_symbol_page_chart_is_paced_and_its_day_range_matches_the_row(
     ).to_be_visible()
 
     page.evaluate(CHART_SWAPS_JS)
-    first_ts = chart.get_attribute("data-ts")
-    expect(chart).not_to_have_attribute("data-ts", first_ts)  # a new chart came
+    first_ts = chart.get_attribute("data-tick-ts")
+    expect(chart).not_to_have_attribute("data-tick-ts", first_ts)  # a new chart came
     page.wait_for_function("() => window.__swaps.chart.length >= 3", timeout=UPDATE_MS)
     swaps = page.evaluate("() => window.__swaps")
     gaps = [(b - a) / 1000 for a, b in zip(swaps["chart"], swaps["chart"][1:])]
@@ -487,7 +487,7 @@ SUMMARY_SAMPLES_JS = """() => {
             if (node.id !== 'market-summary') continue;
             const text = sel => node.querySelector(sel).textContent;
             window.__summaries.push({
-                ts: Number(node.dataset.ts),
+                ts: Number(node.dataset.tickTs),
                 level: text('.summary-level'),
                 advancers: text('.adv b'),
                 decliners: text('.dec b'),
@@ -616,7 +616,7 @@ def test_the_live_marker_keeps_its_size_when_it_turns_stale(gunicorn, open_page)
 
 HEADLINES_JS = """() => [...document.querySelectorAll('#news li.headline')].map(h => ({
     symbol: h.dataset.symbol,
-    ts: Number(h.dataset.ts),
+    ts: Number(h.dataset.publishedTs),
     text: h.querySelector('.headline-text').textContent,
     href: h.querySelector('a').getAttribute('href'),
     link: h.querySelector('a').textContent,
@@ -632,7 +632,9 @@ def test_news_strip_shows_the_five_latest_headlines_newest_first(
     # TICKER_NEWS_S=1: five headlines within a few seconds of the server's start.
     expect(headlines).to_have_count(NEWS_KEPT, timeout=4 * UPDATE_MS)
     before = page.evaluate(HEADLINES_JS)
-    expect(headlines.first).not_to_have_attribute("data-ts", str(before[0]["ts"]))
+    expect(headlines.first).not_to_have_attribute(
+        "data-published-ts", str(before[0]["ts"])
+    )
     after = page.evaluate(HEADLINES_JS)
 
     assert len(after) == NEWS_KEPT  # the oldest one went
@@ -874,7 +876,9 @@ def test_table_header_and_news_are_labelled_and_do_not_flood_screen_readers(
 
     # Still so after the stream has swapped them all: the swapped-in parts say it too.
     header = page.locator("#market-summary")
-    expect(header).not_to_have_attribute("data-ts", header.get_attribute("data-ts"))
+    expect(header).not_to_have_attribute(
+        "data-tick-ts", header.get_attribute("data-tick-ts")
+    )
     expect(page.locator("#news li.headline").first).to_be_attached(
         timeout=4 * UPDATE_MS
     )
