@@ -13,6 +13,7 @@ import html
 import http.client
 import itertools
 import re
+import time
 from http.cookies import SimpleCookie
 
 import pytest
@@ -218,7 +219,7 @@ def test_the_per_symbol_view_gives_every_row_its_own_stream_and_says_why_not_to(
     server, quotes
 ):
     page = get_page(server, "/?streams=per-symbol")
-    connects = re.findall(r'<tbody sse-connect="/stream/([A-Z]+)">', page)
+    connects = re.findall(r'<tbody sse-connect="/stream/([A-Z]+)\?max_s=10">', page)
     assert sorted(connects) == sorted(quotes)
     assert 'id="market" class="market">' in page, "no table-wide stream in this view"
     note = re.search(
@@ -328,3 +329,24 @@ def test_a_cookie_of_junk_is_ignored_not_an_error(server, quotes):
     assert rows(get_page(server, "/", "NOPE-ALSO")) == list(quotes), (
         "nothing valid: all"
     )
+
+
+def test_max_s_ends_a_stream_cleanly_so_the_browser_reconnects(server, quotes):
+    symbol = sorted(quotes)[2]
+    with SSEClient(server.base, f"/stream/{symbol}?max_s=1") as client:
+        started = time.monotonic()
+        events = []
+        with pytest.raises(EOFError):
+            while True:
+                events.append(client.next())
+        lasted = time.monotonic() - started
+    assert 0.9 < lasted < 3, lasted
+    assert events[0].retry == 1000, "the browser is told how soon to come back"
+    assert len(quote_events(events)) >= 2
+    server.wait_for(lambda h: h["streams"]["total"] == 0, "the ended stream freed")
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", "ten", "86401", "%D9%A1"])
+def test_a_bad_max_s_is_a_readable_400(server, quotes, value):
+    status, _, body = server.request(f"/stream/{min(quotes)}?max_s={value}")
+    assert status == 400 and b"max_s must be" in body, (status, body)

@@ -70,6 +70,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.jinja_env.globals.update(
         stale_after_s=stale_after_s(settings.ticker_interval),
         ticker_interval=settings.ticker_interval,
+        # The per-symbol view's streams end this often (see ?max_s= in views.py).
+        per_symbol_max_s=10,
         sparkline=charts.sparkline,
         chart=charts.chart,
         position=charts.position,

@@ -216,6 +216,8 @@ class Broker:
         self.last_seq = 0  # the newest sequence number seen on any topic
         self.last_quote_at: float | None = None  # time.time() of the newest quote
         self.closing = False
+        # Called at the start of every flush; returns (topic, payload) events to end it with.
+        self.frame_hook: Callable[[], list[tuple[str, bytes]]] | None = None
 
     @property
     def open_streams(self) -> int:
@@ -256,8 +258,18 @@ class Broker:
             self.last_quote_at = time.time()
 
     def flush(self) -> None:
-        """Fan the events gathered since the last frame out to every audience."""
+        """Fan the events gathered since the last frame out to every audience.
+
+        ``frame_hook`` may add events that describe the frame's final state (the market
+        summary): they go last, so a viewer never sees a summary of prices that the same
+        frame's conflation replaced before they were shown.
+        """
         self._frame_due = False
+        if self.frame_hook is not None:
+            for topic, payload in self.frame_hook():
+                self.remember(topic, self.last_seq, payload)
+                self.published += 1
+                self._frame[topic] = (self.last_seq, self.published, topic, payload)
         if not self._frame:
             return
         items = sorted(self._frame.values())

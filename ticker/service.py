@@ -1,9 +1,10 @@
 """The running parts of one process, wired together: feed -> rendered fragments -> broker.
 
 Every tick is rendered here, once, into the events the pages swap in: the symbol's table
-row (event named after the symbol), its chart (``chart``, for its own page) and the market
-summary (``market``, for the table's header); a headline re-renders the news strip
-(``news``). Each goes to the bus as a topic, and from there to every process's broker.
+row (event named after the symbol) and its chart (``chart``, for its own page); a headline
+re-renders the news strip (``news``). Each goes to the bus as a topic, and from there to
+every process's broker. The market summary (``market``, the table's header) is the one
+exception: each process renders it from the quotes it delivers, at the end of a frame.
 
 ``create_app`` builds a :class:`Service` without starting anything, so importing the app
 does no work. Whoever serves the app calls :meth:`Service.start` once the process is ready
@@ -36,7 +37,7 @@ from ticker.summary import summarize
 
 log = logging.getLogger(__name__)
 
-# The market summary and each chart go out at most this often (see ``Pacer``).
+# The market summary and each chart go out at most this often.
 PACE_S = 1.0
 
 
@@ -119,6 +120,10 @@ class Service:
         # once a second each: the summary goes to every viewer of the table, and a chart
         # (kilobytes, and the costliest thing to render) only needs to keep up with eyes.
         self._pacer = Pacer(PACE_S, self._publish_paced)
+        self._summary_at = 0.0  # time.monotonic() of the latest summary
+        self._summary_seq = 0  # the sequence number it was made at
+        self._summary_timer: gevent.Greenlet | None = None
+        self.broker.frame_hook = self._summary_for_frame
         self.broadcasts = 0
         self.started_at = time.time()
         # Names this process in logs, /healthz and each stream's first comment, so "which
@@ -163,16 +168,32 @@ class Service:
         self.bus.publish(quote.symbol, seq, self.encode_quote(quote), quote)
         self._latest[quote.symbol] = quote
         self._pacer.poke(chart_topic(quote.symbol))
-        self._pacer.poke(MARKET)
 
     def _publish_paced(self, topic: str) -> None:
-        """Publish the market summary or a chart, when the pacer says it is time."""
-        if topic == MARKET:
-            payload = self.encode_summary(self.market.quotes.values())
-            self.bus.publish(MARKET, self._seq, payload)
-        else:
-            quote = self._latest[topic.removeprefix(CHART_PREFIX)]
-            self.bus.publish(topic, quote.seq, self.encode_chart(quote))
+        """Publish a chart, when the pacer says it is time."""
+        quote = self._latest[topic.removeprefix(CHART_PREFIX)]
+        self.bus.publish(topic, quote.seq, self.encode_chart(quote))
+
+    def _summary_for_frame(self) -> list[tuple[str, bytes]]:
+        """The market summary to end this frame with, when one is due (the broker's
+        ``frame_hook``). Every process renders its own from the quotes it delivers, so the
+        header always agrees with the rows on the page; at most once per ``PACE_S``, and a
+        timer flushes once more so that the last change is never left out."""
+        if self.broker.last_seq == self._summary_seq:
+            return []  # nothing moved since the last one
+        wait = self._summary_at + PACE_S - time.monotonic()
+        if wait > 0:
+            if self._summary_timer is None:
+                self._summary_timer = gevent.spawn_later(wait, self._summary_due)
+            return []
+        self._summary_at = time.monotonic()
+        self._summary_seq = self.broker.last_seq
+        quotes = self.broker.quotes
+        return [(MARKET, self.encode_summary(quotes[s] for s in self.symbols))]
+
+    def _summary_due(self) -> None:
+        self._summary_timer = None
+        self.broker.flush()
 
     def publish_news(self, headline: Headline) -> None:
         """Add ``headline`` to the news strip and publish the strip."""
@@ -223,6 +244,8 @@ class Service:
         self.broker.close()
         self.feed.stop()
         self._pacer.cancel()
+        if self._summary_timer is not None:
+            self._summary_timer.kill()
         self.bus.stop()
         if self._reaper is not None:
             self._reaper.kill()

@@ -17,6 +17,7 @@ import ssl
 import time
 from collections.abc import Iterable
 
+import gevent
 from flask import (
     Blueprint,
     Response,
@@ -269,6 +270,7 @@ def _open_stream(
         # back off for seconds; an empty stream with a retry hint brings it back in one,
         # by then to the new process.
         return _sse_response(iter([encode_retry(settings.retry_ms)]))
+    max_s = _max_s(request.args.get("max_s"))
     try:
         sub = broker.subscribe(route, (*symbols, *extra), client)
     except ClientLimitReached:
@@ -320,7 +322,14 @@ def _open_stream(
                 sock.fileno(), request.environ.get("SERVER_PROTOCOL") != "HTTP/1.0"
             )
 
+    # ?max_s=N: end the stream after N seconds; the browser reconnects after `retry`.
+    # The per-symbol view needs it: over HTTP/1.1 its six streams hold every connection
+    # the browser allows, and only a stream that ends lets a click on a link through.
+    lifetime = gevent.spawn_later(max_s, sub.close) if max_s else None
+
     def release() -> None:
+        if lifetime is not None:
+            lifetime.kill(block=False)
         if watch is not None:
             watch.stop()
         if sock is not None:
@@ -371,6 +380,18 @@ def _shutdown(sock: socket.socket, how: int) -> None:
             dup.shutdown(how)
     except OSError:
         pass  # already gone
+
+
+MAX_LIFETIME_S = 24 * 3600
+
+
+def _max_s(raw: str | None) -> int:
+    """Validate ``?max_s=`` (0 or absent: the stream lasts until the client leaves)."""
+    if raw is None or raw == "":
+        return 0
+    if not raw.isascii() or not raw.isdigit() or not 0 <= int(raw) <= MAX_LIFETIME_S:
+        abort(400, f"max_s must be a whole number of seconds, 0 to {MAX_LIFETIME_S}.")
+    return int(raw)
 
 
 @bp.get("/stream/<symbol>")
