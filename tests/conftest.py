@@ -1,8 +1,14 @@
 """Shared fixtures: real servers on free loopback ports, started once per module, and one
-headless Chromium for every browser test of the session (helpers in ``browser_support``)."""
+headless Chromium for every browser test of the session (helpers in ``browser_support``).
+
+Also keeps the workshop's checks (``tests/workshop``, docs/workshop.md) out of the normal
+run: each one fails until a learner has done its exercise, so it runs only when asked for by
+name, as in ``pytest tests -m exercise_3``.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -20,6 +26,31 @@ from support import Server
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page
+
+WORKSHOP_EXERCISES = range(1, 8)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for n in WORKSHOP_EXERCISES:
+        config.addinivalue_line(
+            "markers",
+            f"exercise_{n}: the check of workshop exercise {n} (docs/workshop.md); "
+            f"runs only with `-m exercise_{n}`",
+        )
+
+
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    """Deselect every workshop check whose exercise the ``-m`` expression does not name."""
+    named = set(re.findall(r"\bexercise_\d+\b", config.getoption("markexpr") or ""))
+    keep, drop = [], []
+    for item in items:
+        marks = {m.name for m in item.iter_markers() if m.name.startswith("exercise_")}
+        (drop if marks and not marks & named else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture(scope="module", params=["procfile", "app_py"])
