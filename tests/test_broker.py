@@ -169,3 +169,16 @@ def test_the_first_frame_skips_events_the_snapshot_already_had():
     publish(broker, "AAA", 2)
     broker.flush()
     assert sub.take(0) == b"<AAA:2>"
+
+
+def test_a_frame_hook_ends_each_frame_and_flush_soon_never_cuts_a_frame_short():
+    broker = Broker(max_streams=10, frame_s=0.05)
+    broker.frame_hook = lambda: [("market", b"M")]
+    sub = broker.subscribe("multi", ["AAA", "BBB", "market"])
+    broker.publish("AAA", 1, b"a1")
+    broker.flush_soon()  # a frame is due: this must leave it alone
+    assert sub.take(0) == b"", "nothing before the frame closes"
+    broker.publish("BBB", 2, b"b2")
+    assert sub.take(1.0) == b"a1b2M", "the hook's events end the frame"
+    broker.flush_soon()  # nothing due: flushes at once, and the hook still has its say
+    assert sub.take(0) == b"M"

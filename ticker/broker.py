@@ -286,6 +286,12 @@ class Broker:
                 conflated += sub.push(mine, data, framed)
             self.conflated += conflated
 
+    def flush_soon(self) -> None:
+        """Flush now, unless a frame is already due: its flush comes soon enough, and an
+        early one would cut that frame (and the next) short of ``frame_s``."""
+        if not self._frame_due:
+            self.flush()
+
     def latest_seq(self, topic: str) -> int:
         """Sequence number of the latest event of ``topic`` (0 if none yet)."""
         latest = self._latest.get(topic)

@@ -193,7 +193,7 @@ class Service:
 
     def _summary_due(self) -> None:
         self._summary_timer = None
-        self.broker.flush()
+        self.broker.flush_soon()
 
     def publish_news(self, headline: Headline) -> None:
         """Add ``headline`` to the news strip and publish the strip."""
