@@ -78,9 +78,8 @@ def browser() -> Iterator[Browser]:
 def gunicorn(tmp_path_factory) -> Iterator[Server]:
     """The app as a PaaS runs it: the Procfile's web: line, gunicorn with the gevent worker."""
     log_path = tmp_path_factory.mktemp("browser") / "procfile.log"
-    server = Server.procfile(log_path).start()
-    yield server
-    server.stop()
+    with Server.procfile(log_path).start() as server:
+        yield server
 
 
 @pytest.fixture

@@ -125,6 +125,12 @@ class Server:
             f"server did not become ready in {timeout}s:\n{self.log()}"
         )
 
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self, timeout: float = 15.0) -> float:
         """SIGTERM the whole process group, wait for it, return how long exiting took."""
         if self.process is None or self.process.poll() is not None:
@@ -304,3 +310,28 @@ class SSEClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def nginx_conf(prefix: Path, http: str) -> str:
+    """The main config of a throwaway nginx that keeps everything (pid, logs, temp files)
+    under ``prefix``, with ``http`` inside its ``http {}`` block."""
+    # A root master switches its workers to `nobody`, who cannot enter pytest's private
+    # tmp dirs; a throwaway instance keeps root (production: www-data).
+    user = "user root;" if os.geteuid() == 0 else ""
+    temp = "\n".join(
+        f"    {kind}_temp_path {prefix}/temp/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return f"""
+{user}
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    default_type application/octet-stream;
+    access_log {prefix}/access.log;
+{temp}
+{http}
+}}
+"""

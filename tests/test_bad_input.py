@@ -117,9 +117,10 @@ class Observer:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """One server for the module, started as a PaaS does (the Procfile's gunicorn line)."""
-    srv = Server.procfile(tmp_path_factory.mktemp("bad_input") / "gunicorn.log").start()
-    yield srv
-    srv.stop()
+    with Server.procfile(
+        tmp_path_factory.mktemp("bad_input") / "gunicorn.log"
+    ).start() as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

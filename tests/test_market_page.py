@@ -25,9 +25,10 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server.procfile(tmp_path_factory.mktemp("market") / "server.log").start()
-    yield srv
-    srv.stop()
+    with Server.procfile(
+        tmp_path_factory.mktemp("market") / "server.log"
+    ).start() as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

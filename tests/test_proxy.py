@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Self
 
 import pytest
-from support import ROOT, Event, Server, SSEClient, free_port, is_quote
+from support import ROOT, Event, Server, SSEClient, free_port, is_quote, nginx_conf
 
 NGINX = os.environ.get("TICKER_NGINX", "/usr/sbin/nginx")
 HOW_TO_ENABLE = (
@@ -98,24 +98,10 @@ class Nginx:
 
     def config(self) -> str:
         p = self.prefix
-        # A root master switches its workers to `nobody`, who cannot enter pytest's
-        # private tmp dirs; this throwaway instance keeps root (production: www-data).
-        user = "user root;" if os.geteuid() == 0 else ""
         app = f"http://127.0.0.1:{self.app_port}/"
-        return f"""
-{user}
-worker_processes 1;
-pid {p}/nginx.pid;
-error_log {self.error_log} info;
-events {{ worker_connections 256; }}
-http {{
-    default_type application/octet-stream;
-    access_log {p}/access.log;
-    client_body_temp_path {p}/temp/client_body;
-    proxy_temp_path {p}/temp/proxy;
-    fastcgi_temp_path {p}/temp/fastcgi;
-    uwsgi_temp_path {p}/temp/uwsgi;
-    scgi_temp_path {p}/temp/scgi;
+        return nginx_conf(
+            p,
+            f"""
     # As in Debian's stock /etc/nginx/nginx.conf.
     sendfile on;
     tcp_nopush on;
@@ -135,9 +121,8 @@ http {{
             proxy_buffers 4 64k;
             proxy_busy_buffers_size 64k;
         }}
-    }}
-}}
-"""
+    }}""",
+        )
 
     def start(self, timeout: float = 10.0) -> Self:
         (self.prefix / "temp").mkdir(exist_ok=True)  # nginx makes only the last level

@@ -1096,9 +1096,8 @@ def fast_server(tmp_path_factory) -> Iterator[Server]:
     """A server for the tests that freeze it or need fast ticks (the rest of the module
     shares ``gunicorn``). Stale after 2 s and heartbeats every 0.5 s, like TEST_ENV."""
     log_path = tmp_path_factory.mktemp("viewer") / "fast.log"
-    server = Server.procfile(log_path, env=FAST_ENV).start()
-    yield server
-    server.stop()
+    with Server.procfile(log_path, env=FAST_ENV).start() as server:
+        yield server
 
 
 def test_live_marker_goes_stale_by_itself_when_the_server_freezes_and_recovers(

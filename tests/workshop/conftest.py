@@ -16,6 +16,5 @@ from support import Server
 def app_server(tmp_path_factory) -> Iterator[Server]:
     """The app from the Procfile (gunicorn, gevent worker) with the tests' fast market."""
     log_path = tmp_path_factory.mktemp("workshop") / "procfile.log"
-    server = Server.procfile(log_path).start()
-    yield server
-    server.stop()
+    with Server.procfile(log_path).start() as server:
+        yield server

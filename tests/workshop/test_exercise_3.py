@@ -33,9 +33,8 @@ STILL = {"TICKER_INTERVAL": "1e9"}
 @pytest.fixture(scope="module")
 def calm(tmp_path_factory) -> Iterator[Server]:
     log_path = tmp_path_factory.mktemp("movers") / "procfile.log"
-    server = Server.procfile(log_path, env=CALM).start()
-    yield server
-    server.stop()
+    with Server.procfile(log_path, env=CALM).start() as server:
+        yield server
 
 
 def movers_page(server: Server) -> Element:

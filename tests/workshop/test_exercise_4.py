@@ -36,9 +36,8 @@ ATTEMPTS = (
 @pytest.fixture(scope="module")
 def market(tmp_path_factory) -> Iterator[Server]:
     log_path = tmp_path_factory.mktemp("alerts") / "procfile.log"
-    server = Server.procfile(log_path, env=MARKET).start()
-    yield server
-    server.stop()
+    with Server.procfile(log_path, env=MARKET).start() as server:
+        yield server
 
 
 def first_quote(server: Server) -> dict:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from support import ROOT, Server, free_port
+from support import ROOT, Server, free_port, nginx_conf
 from workshop_support import require
 
 if TYPE_CHECKING:
@@ -63,9 +63,10 @@ def proxy_parts() -> None:
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory) -> Iterator[Server]:
-    server = Server.procfile(tmp_path_factory.mktemp("app") / "procfile.log").start()
-    yield server
-    server.stop()
+    with Server.procfile(
+        tmp_path_factory.mktemp("app") / "procfile.log"
+    ).start() as server:
+        yield server
 
 
 def watch_rows(page: Page, enough: int) -> dict[str, int]:
@@ -142,24 +143,9 @@ def nginx(app: Server, tmp_path: Path) -> Iterator[str]:
     (tmp_path / "ticker.conf").write_text(
         site_for_test(SITE.read_text(), app.port, port)
     )
-    user = "user root;" if os.geteuid() == 0 else ""  # see tests/test_proxy.py
-    (tmp_path / "nginx.conf").write_text(f"""
-{user}
-worker_processes 1;
-pid {tmp_path}/nginx.pid;
-error_log {tmp_path}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    default_type application/octet-stream;
-    access_log {tmp_path}/access.log;
-    client_body_temp_path {tmp_path}/temp/client_body;
-    proxy_temp_path {tmp_path}/temp/proxy;
-    fastcgi_temp_path {tmp_path}/temp/fastcgi;
-    uwsgi_temp_path {tmp_path}/temp/uwsgi;
-    scgi_temp_path {tmp_path}/temp/scgi;
-    include {tmp_path}/ticker.conf;
-}}
-""")
+    (tmp_path / "nginx.conf").write_text(
+        nginx_conf(tmp_path, f"    include {tmp_path}/ticker.conf;")
+    )
     command = [NGINX, "-p", f"{tmp_path}/", "-c", str(tmp_path / "nginx.conf")]
     tested = subprocess.run(
         [*command, "-t", "-e", str(tmp_path / "error.log")],
