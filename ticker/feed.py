@@ -258,7 +258,6 @@ class Feed:
         self._greenlet: gevent.Greenlet | None = None
         self.ticks = 0
         self.restarts = 0
-        self.headlines = 0
         self.last_tick_at: float | None = None  # time.time() of the latest tick
         self.started_at: float | None = None
 
@@ -330,5 +329,4 @@ class Feed:
         company = self.market.companies[self._rng.choice(list(self.market.companies))]
         headline, shock = self.newsroom.write(company)
         self._tick(company.symbol, shock)
-        self.headlines += 1
         self.publish_news(headline)
