@@ -1,5 +1,7 @@
-"""Shared fixtures: real servers on free loopback ports, started once per module, and one
-headless Chromium for every browser test of the session (helpers in ``browser_support``).
+"""Shared fixtures: an in-process ``app`` and its test ``client`` (fast; for validation and
+routing, never as proof of streaming), real servers on free loopback ports, started once per
+module, and one headless Chromium for every browser test of the session (helpers in
+``browser_support``).
 
 Also keeps the workshop's checks (``tests/workshop``, docs/workshop.md) out of the normal
 run: each one fails until a learner has done its exercise, so it runs only when asked for by
@@ -22,7 +24,9 @@ from browser_support import (
     require_browser,
     sync_playwright,
 )
-from support import Server
+from support import TEST_ENV, Server
+
+from ticker import Settings, create_app
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page
@@ -51,6 +55,20 @@ def pytest_collection_modifyitems(
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+@pytest.fixture
+def app():
+    """The app with the tests' settings, built in this process and never started: its
+    market stands at the opening quotes, and no stream would ever tick."""
+    settings = Settings.from_env({k: v for k, v in TEST_ENV.items()})
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app):
+    """Flask's test client: requests without a server (as in Flask's tutorial, flaskr)."""
+    return app.test_client()
 
 
 @pytest.fixture(scope="module", params=["procfile", "app_py"])

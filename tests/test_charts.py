@@ -17,11 +17,11 @@ from gevent.event import Event
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ticker.charts import SPARK_LEN, chart, fit, position, sparkline
-from ticker.feed import HISTORY_LEN, Market, Quote, make_universe
-from ticker.news import Newsroom
-from ticker.service import Pacer
-from ticker.summary import INDEX_BASE, summarize
+from ticker.market.model import HISTORY_LEN, Market, Quote, make_universe
+from ticker.market.news import Newsroom
+from ticker.rendering.charts import SPARK_LEN, chart, fit, position, sparkline
+from ticker.rendering.pacing import Pacer
+from ticker.rendering.summary import INDEX_BASE, summarize
 
 
 def points(path: str) -> list[tuple[int, int]]:

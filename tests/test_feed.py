@@ -9,7 +9,8 @@ import gevent
 import pytest
 from gevent.event import Event
 
-from ticker.feed import Feed, Market, make_universe
+from ticker.market.feed import Feed
+from ticker.market.model import Market, make_universe
 
 
 def test_same_seed_gives_same_companies_and_symbols():

@@ -195,7 +195,7 @@ def test_a_stream_logs_one_open_and_one_close_line_with_how_long_it_lasted(quiet
         "symbols": "1",
         "open": "1",
         "level": "INFO",
-        "logger": "ticker.views",
+        "logger": "ticker.delivery.connection",
     }
     assert (close["client"], close["route"], close["open"]) == (
         "127.0.0.1",

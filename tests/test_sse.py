@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from ticker.sse import encode_comment, encode_event, encode_heartbeat, encode_retry
+from ticker.rendering.sse import (
+    encode_comment,
+    encode_event,
+    encode_heartbeat,
+    encode_retry,
+)
 
 
 def test_event_has_name_id_and_data_and_ends_with_a_blank_line():

@@ -1,9 +1,13 @@
 """The live stock ticker: a Flask app streaming a simulated market over Server-Sent Events.
 
-How the parts fit (data flows one way)::
+How the parts fit (data flows one way; nothing downstream reaches back up)::
 
-    feed (simulated market) -> service (renders each tick once) -> broker (fan-out)
-        -> views (SSE routes) -> browser (htmx SSE extension swaps the rows)
+    market/ (companies, quotes, the feed's clock)
+      -> rendering/ (each tick rendered once into an SSE event)
+      -> delivery/ (bus between processes, broker's frames, one Connection per viewer)
+      -> web/ (routes) -> browser (htmx's SSE extension swaps the fragments in)
+
+``service.py`` wires the first three together for one process.
 
 ``create_app`` builds everything and starts nothing; the server that runs the app calls
 ``get_service(app).start()`` once the process is ready (see ``gunicorn.conf.py``, ``app.py``).
@@ -14,8 +18,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from flask import Flask, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from flask import Flask
 
 from ticker.config import Settings
 from ticker.service import Service, get_service
@@ -23,13 +26,6 @@ from ticker.service import Service, get_service
 __all__ = ["Settings", "create_app", "get_service"]
 
 ROOT = Path(__file__).resolve().parent.parent
-
-# 'self' only: htmx is served from our origin and told not to inject its indicator <style>.
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
-    "frame-ancestors 'none'"
-)
 
 
 def _clock(ms: int) -> str:
@@ -58,8 +54,8 @@ def stale_after_s(ticker_interval: float) -> int:
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app. ``settings`` defaults to the environment (see ``ticker.config``)."""
-    from ticker import charts, views
-    from ticker.metrics import make_registry
+    from ticker import web
+    from ticker.rendering import charts
 
     settings = settings or Settings.from_env()
     app = Flask("ticker", root_path=str(ROOT))
@@ -78,20 +74,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     service = Service(app, settings)
     app.extensions["ticker"] = service
-    app.register_blueprint(views.bp)
-
-    registry = make_registry(service)
-
-    @app.get("/metrics")
-    def metrics() -> Response:
-        """Prometheus text format."""
-        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
-
-    @app.after_request
-    def security_headers(response: Response) -> Response:
-        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
-        return response
-
+    web.register(app, service)
     return app

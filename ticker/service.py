@@ -1,10 +1,12 @@
-"""The running parts of one process, wired together: feed -> rendered fragments -> broker.
+"""The running parts of one process, wired together: market -> rendering -> delivery.
 
-Every tick is rendered here, once, into the events the pages swap in: the symbol's table
-row (event named after the symbol) and its chart (``chart``, for its own page); a headline
-re-renders the news strip (``news``). Each goes to the bus as a topic, and from there to
-every process's broker. The market summary (``market``, the table's header) is the one
-exception: each process renders it from the quotes it delivers, at the end of a frame.
+The leader's feed ticks the market; each tick is rendered here, once, into the events the
+pages swap in (the symbol's row, and at most once a second its chart), and handed to the bus.
+The bus hands every event back to every process (:meth:`Service.receive`), which keeps the
+quote (the pages and ``/api/quotes`` are served from :attr:`Service.quotes`) and gives the
+bytes to its broker. The market summary is the one event each process renders itself, from
+the quotes it delivers, as the frame it ends goes out, so the header always agrees with the
+rows on screen.
 
 ``create_app`` builds a :class:`Service` without starting anything, so importing the app
 does no work. Whoever serves the app calls :meth:`Service.start` once the process is ready
@@ -15,25 +17,23 @@ to serve (gunicorn's ``post_worker_init`` hook, or ``python app.py``), and
 from __future__ import annotations
 
 import logging
-import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
 from dataclasses import replace
 
-import gevent
 from flask import Flask
 
 from ticker import logfmt
-from ticker.broker import BROADCAST, CHART_PREFIX, MARKET, NEWS, Broker, chart_topic
-from ticker.bus import Bus, LocalBus, RedisBus
-from ticker.clients import parse_trusted
 from ticker.config import Settings
-from ticker.feed import Feed, Market, Quote, make_universe
-from ticker.news import NEWS_KEPT, Headline, Newsroom
-from ticker.sse import encode_event, encode_heartbeat
-from ticker.summary import summarize
+from ticker.delivery.broker import Broker, chart_topic
+from ticker.delivery.bus import Bus, LocalBus, RedisBus
+from ticker.delivery.connection import StreamRules
+from ticker.market.feed import Feed
+from ticker.market.model import Market, Quote, make_universe
+from ticker.market.news import NEWS_KEPT, Headline, Newsroom
+from ticker.rendering.fragments import BROADCAST, MARKET, NEWS, Fragments
+from ticker.rendering.pacing import Pacer
 
 log = logging.getLogger(__name__)
 
@@ -41,45 +41,15 @@ log = logging.getLogger(__name__)
 PACE_S = 1.0
 
 
-class Pacer:
-    """Calls ``publish(key)`` at most once per ``every_s`` per key, and always after the
-    latest poke: a poke inside the quiet period schedules one call at its end, so the last
-    state is never left unsent."""
-
-    def __init__(self, every_s: float, publish: Callable[[str], None]) -> None:
-        self.every_s = every_s
-        self.publish = publish
-        self._last: dict[str, float] = {}
-        self._timers: dict[str, gevent.Greenlet] = {}
-
-    def poke(self, key: str) -> None:
-        if key in self._timers:
-            return  # a call is already due, and it will send the latest state
-        wait = self._last.get(key, -math.inf) + self.every_s - time.monotonic()
-        if wait <= 0:
-            self._fire(key)
-        else:
-            self._timers[key] = gevent.spawn_later(wait, self._fire, key)
-
-    def _fire(self, key: str) -> None:
-        self._timers.pop(key, None)
-        self._last[key] = time.monotonic()
-        self.publish(key)
-
-    def cancel(self) -> None:
-        """Forget every scheduled call (the feed stopped here)."""
-        gevent.killall(list(self._timers.values()))
-        self._timers.clear()
-
-
 class Service:
-    """Owns the market, its feed, the broker and the bus between them for one app."""
+    """Owns the market, its feed, the bus, the broker and the market's current state."""
 
     def __init__(self, app: Flask, settings: Settings) -> None:
         self.settings = settings
         self.companies = make_universe(settings.ticker_seed, settings.ticker_symbols)
         self.symbols = tuple(c.symbol for c in self.companies)
         self.market = Market(self.companies)
+        self.fragments = Fragments(app.jinja_env)
         self.broker = Broker(
             settings.max_streams,
             settings.max_streams_per_client,
@@ -89,13 +59,12 @@ class Service:
             RedisBus(
                 settings.redis_url,
                 _namespace(settings),
-                self.broker,
+                self.receive,
                 tls_verify=bool(settings.redis_tls_verify),
             )
             if settings.redis_url
-            else LocalBus(self.broker)
+            else LocalBus(self.receive)
         )
-        self.trusted_proxies = parse_trusted(settings.forwarded_allow_ips)
         self.feed = Feed(
             self.market,
             self.publish_quote,
@@ -104,102 +73,56 @@ class Service:
             publish_news=self.publish_news,
             news_s=settings.ticker_news_s,
         )
-        self.headlines: deque[Headline] = deque(maxlen=NEWS_KEPT)
-        env = app.jinja_env
-        self._row = env.get_template("_quote_row.html")
-        self._banner = env.get_template("_banner.html")
-        self._chart = env.get_template("_chart.html")
-        self._summary = env.get_template("_market_summary.html")
-        self._news = env.get_template("_news.html")
-        # A named event, so the page's live marker (which the heartbeat replaces) knows
-        # the stream is alive; the comment line keeps it readable in a raw stream.
-        self.heartbeat = encode_heartbeat(env.get_template("_live.html").render())
-        self._seq = 0  # the latest sequence number this process published a tick with
-        self._latest: dict[str, Quote] = {}  # the latest quote published, per symbol
-        # Every tick changes the summary and its symbol's chart, but they go out at most
-        # once a second each: the summary goes to every viewer of the table, and a chart
-        # (kilobytes, and the costliest thing to render) only needs to keep up with eyes.
-        self._pacer = Pacer(PACE_S, self._publish_paced)
-        self._summary_at = 0.0  # time.monotonic() of the latest summary
-        self._summary_seq = 0  # the sequence number it was made at
-        self._summary_timer: gevent.Greenlet | None = None
-        self.broker.frame_hook = self._summary_for_frame
-        self.broadcasts = 0
-        self.started_at = time.time()
         # Names this process in logs, /healthz and each stream's first comment, so "which
         # worker am I on?" has an answer without exposing anything about the host.
         self.process_id = uuid.uuid4().hex[:8]
-        self._reaper: gevent.Greenlet | None = None
+        self.stream_rules = StreamRules(
+            heartbeat_s=settings.heartbeat_s,
+            heartbeat=self.fragments.heartbeat,
+            write_timeout_s=settings.write_timeout_s,
+            retry_ms=settings.retry_ms,
+            process_id=self.process_id,
+        )
+        # The market as this process delivers it: the latest quote of every symbol.
+        self.quotes: dict[str, Quote] = {}
+        self.last_quote_at: float | None = None  # time.time() of the newest quote
+        self.headlines: deque[Headline] = deque(maxlen=NEWS_KEPT)
+        self._seq = 0  # the latest sequence number this process published a tick with
+        # Every tick changes the summary and its symbol's chart, but they go out at most
+        # once a second each: the summary goes to every viewer of the table, and a chart
+        # (kilobytes, and the costliest thing to render) only needs to keep up with eyes.
+        self._charts = Pacer(PACE_S, self._publish_chart)
+        self._summaries = Pacer(PACE_S, self._publish_summary)
+        self._published: dict[str, Quote] = {}  # the leader's latest quote, per symbol
+        self.broadcasts = 0
+        self.started_at = time.time()
         # Opening quotes, so pages and streams have a snapshot before the first tick (with
         # Redis, until the current market arrives from it).
         for quote in self.market.quotes.values():
+            self.quotes[quote.symbol] = quote
+            self.broker.remember(quote.symbol, quote.seq, self.fragments.quote(quote))
             self.broker.remember(
-                quote.symbol, quote.seq, self.encode_quote(quote), quote
+                chart_topic(quote.symbol), quote.seq, self.fragments.chart(quote)
             )
-            self.broker.remember(
-                chart_topic(quote.symbol), quote.seq, self.encode_chart(quote)
-            )
-        self.broker.remember(
-            MARKET, self.market.seq, self.encode_summary(self.market.quotes.values())
-        )
+        self.broker.remember(MARKET, self.market.seq, self._summary())
 
-    def render_row(self, quote: Quote) -> str:
-        """The table row for ``quote``: the same partial the pages include."""
-        return self._row.render(q=quote)
-
-    def encode_quote(self, quote: Quote) -> bytes:
-        return encode_event(self.render_row(quote), event=quote.symbol, id=quote.seq)
-
-    def encode_chart(self, quote: Quote) -> bytes:
-        return encode_event(self._chart.render(q=quote), event="chart")
-
-    def encode_summary(self, quotes: Iterable[Quote]) -> bytes:
-        return encode_event(
-            self._summary.render(summary=summarize(quotes)), event=MARKET
-        )
+    # --- the leader's side: render each tick once and publish it ----------------------
 
     def publish_quote(self, quote: Quote) -> None:
-        """Give a tick its sequence number, render its events once, and publish them."""
+        """Give a tick its sequence number, render its row once, and publish it."""
         seq = self.bus.claim_seq(quote.seq)
         if seq is None:
             return  # no longer the leader: the bus is about to stop this feed
         self._seq = seq
         quote = replace(quote, seq=seq)
-        self.bus.publish(quote.symbol, seq, self.encode_quote(quote), quote)
-        self._latest[quote.symbol] = quote
-        self._pacer.poke(chart_topic(quote.symbol))
-
-    def _publish_paced(self, topic: str) -> None:
-        """Publish a chart, when the pacer says it is time."""
-        quote = self._latest[topic.removeprefix(CHART_PREFIX)]
-        self.bus.publish(topic, quote.seq, self.encode_chart(quote))
-
-    def _summary_for_frame(self) -> list[tuple[str, bytes]]:
-        """The market summary to end this frame with, when one is due (the broker's
-        ``frame_hook``). Every process renders its own from the quotes it delivers, so the
-        header always agrees with the rows on the page; at most once per ``PACE_S``, and a
-        timer flushes once more so that the last change is never left out."""
-        if self.broker.last_seq == self._summary_seq:
-            return []  # nothing moved since the last one
-        wait = self._summary_at + PACE_S - time.monotonic()
-        if wait > 0:
-            if self._summary_timer is None:
-                self._summary_timer = gevent.spawn_later(wait, self._summary_due)
-            return []
-        self._summary_at = time.monotonic()
-        self._summary_seq = self.broker.last_seq
-        quotes = self.broker.quotes
-        return [(MARKET, self.encode_summary(quotes[s] for s in self.symbols))]
-
-    def _summary_due(self) -> None:
-        self._summary_timer = None
-        self.broker.flush_soon()
+        self.bus.publish(quote.symbol, seq, self.fragments.quote(quote), quote)
+        self._published[quote.symbol] = quote
+        self._charts.poke(quote.symbol)
 
     def publish_news(self, headline: Headline) -> None:
         """Add ``headline`` to the news strip and publish the strip."""
         self.headlines.appendleft(headline)
-        strip = self._news.render(headlines=list(self.headlines))
-        self.bus.publish(NEWS, self._seq, encode_event(strip, event=NEWS))
+        self.bus.publish(NEWS, self._seq, self.fragments.news(self.headlines))
 
     def broadcast(self, message: str) -> int:
         """Show ``message`` to every viewer (of every process); return local open streams."""
@@ -207,22 +130,46 @@ class Service:
         log.info(
             logfmt.event("broadcast", streams=self.broker.open_streams, message=message)
         )
-        # No SSE id: ids stay the market's sequence numbers, so they only ever increase.
-        payload = encode_event(self._banner.render(message=message), event=BROADCAST)
+        payload = self.fragments.banner(message)
         self.bus.publish(BROADCAST, self.broker.last_seq, payload)
         return self.broker.open_streams
 
+    # --- every process's side: what the bus hands on ----------------------------------
+
+    def receive(
+        self, topic: str, seq: int, payload: bytes, quote: Quote | None
+    ) -> None:
+        """Keep the quote an event carries, and give its bytes to the broker."""
+        self.broker.publish(topic, seq, payload)
+        if quote is not None:
+            self.quotes[topic] = quote
+            self.last_quote_at = time.time()
+            # After the quote's own bytes: the summary must never describe a price that
+            # has not been sent.
+            self._summaries.poke(MARKET)
+
+    def _publish_chart(self, symbol: str) -> None:
+        """The leader publishes a symbol's chart, when the pacer says it is time."""
+        quote = self._published[symbol]
+        self.bus.publish(chart_topic(symbol), quote.seq, self.fragments.chart(quote))
+
+    def _publish_summary(self, topic: str) -> None:
+        """Each process makes its own summary, last in the frame that goes out next."""
+        self.broker.publish_at_flush(topic, self._summary)
+
+    def _summary(self) -> bytes:
+        return self.fragments.summary(self.quotes[s] for s in self.symbols)
+
+    # --- life ---------------------------------------------------------------------------
+
     def start(self) -> None:
-        """Join the bus (which starts the feed here if this process leads) and start
-        dropping stalled streams. Idempotent."""
+        """Join the bus, which starts the feed here if this process leads. Idempotent."""
         self.bus.start(self._on_elected, self._on_deposed)
-        if self._reaper is None:
-            self._reaper = gevent.spawn(self._drop_stalled_streams)
 
     def _on_elected(self) -> None:
         # Continue from the last published prices (no jump back to the open), and never
         # hand out a sequence number below one that viewers have already seen.
-        state = self.bus.load_quotes() or dict(self.broker.quotes)
+        state = self.bus.load_quotes() or dict(self.quotes)
         self.market.restore(state)
         self.bus.raise_seq_floor(self.broker.last_seq)
         log.info(
@@ -236,43 +183,16 @@ class Service:
 
     def _on_deposed(self) -> None:
         self.feed.stop()
-        self._pacer.cancel()
+        self._charts.cancel()
 
     def stop(self) -> None:
         """End all streams, the feed and the bus (the process is shutting down)."""
         log.info(logfmt.event("shutdown", streams=self.broker.open_streams))
         self.broker.close()
         self.feed.stop()
-        self._pacer.cancel()
-        if self._summary_timer is not None:
-            self._summary_timer.kill()
+        self._charts.cancel()
+        self._summaries.cancel()
         self.bus.stop()
-        if self._reaper is not None:
-            self._reaper.kill()
-            self._reaper = None
-
-    def _drop_stalled_streams(self) -> None:
-        """Once a second, drop viewers whose socket has accepted nothing for too long.
-
-        Their mailboxes stay small anyway (conflation); this frees the slot, the socket and
-        the greenlet of a client that is gone without saying so, or never reads.
-        """
-        timeout = self.settings.write_timeout_s
-        while True:
-            gevent.sleep(min(1.0, timeout / 2))
-            for sub in self.broker.stalled(time.monotonic(), timeout):
-                log.warning(
-                    logfmt.event(
-                        "stream.drop",
-                        reason="stalled",
-                        client=sub.client,
-                        route=sub.route,
-                        timeout_s=timeout,
-                    )
-                )
-                callback, sub.on_stall = sub.on_stall, None  # once is enough
-                if callback is not None:
-                    callback()
 
 
 def _namespace(settings: Settings) -> str:

@@ -1,7 +1,9 @@
-"""How ticks reach the broker of every process: in-process, or through Redis.
+"""How ticks reach every process: in-process, or through Redis.
 
-The service hands each rendered tick to a bus; the bus delivers it to the local broker of
-every process that serves viewers. :class:`LocalBus` is one process talking to itself.
+The service hands each rendered tick to a bus; the bus hands it on to the ``receive``
+callback of every process that serves viewers (the service, which keeps the quote and
+gives the bytes to its broker). The bus never looks into what it carries.
+:class:`LocalBus` is one process talking to itself.
 :class:`RedisBus` makes many processes (gunicorn workers, PaaS instances) one market:
 
 - exactly one process runs the feed: the holder of a Redis lock that expires unless its
@@ -9,7 +11,7 @@ every process that serves viewers. :class:`LocalBus` is one process talking to i
 - sequence numbers (the SSE ``id:``) come from one Redis counter, so they are global;
 - the latest event of every topic is kept in a Redis hash, so a process that starts (or a
   leader that takes over) begins from the current market, not from the opening prices;
-- every process subscribes to one pub/sub channel and feeds its own broker from it.
+- every process subscribes to one pub/sub channel and hands on what it hears.
 
 The leader's writes are fenced: a Lua script checks the lock before every publish, so a
 leader that hung past its lock's expiry cannot publish over its successor.
@@ -27,10 +29,13 @@ from typing import Protocol
 import gevent
 
 from ticker import logfmt
-from ticker.broker import BROADCAST, Broker
-from ticker.feed import Quote
+from ticker.market.model import Quote
+from ticker.rendering.fragments import BROADCAST
 
 log = logging.getLogger(__name__)
+
+# Where a bus hands each event on: (topic, seq, encoded event, the quote if it is one).
+Receive = Callable[[str, int, bytes, "Quote | None"], None]
 
 
 class Bus(Protocol):
@@ -56,8 +61,8 @@ class LocalBus:
 
     kind = "local"
 
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
 
     def start(
         self, on_elected: Callable[[], None], on_deposed: Callable[[], None]
@@ -73,7 +78,7 @@ class LocalBus:
     def publish(
         self, topic: str, seq: int, payload: bytes, quote: Quote | None = None
     ) -> None:
-        self.broker.publish(topic, seq, payload, quote)
+        self.receive(topic, seq, payload, quote)
 
     def load_quotes(self) -> dict[str, Quote]:
         return {}
@@ -120,12 +125,13 @@ class RedisBus:
     CAMPAIGN_EVERY_S = 1.0
 
     def __init__(
-        self, url: str, namespace: str, broker: Broker, tls_verify: bool = True
+        self, url: str, namespace: str, receive: Receive, tls_verify: bool = True
     ) -> None:
         import redis  # only deployments that set REDIS_URL need the package loaded
 
         self._errors = (redis.RedisError, OSError)
-        self.broker = broker
+        self.receive = receive
+        self._seen: dict[str, int] = {}  # the newest seq handed on, per topic
         options: dict[str, object] = {}
         if url.startswith("rediss://") and not tls_verify:
             # Encrypted, but anyone on the path could pose as the server: say so.
@@ -258,7 +264,7 @@ class RedisBus:
     # --- receiving (every process) ------------------------------------------------------
 
     def _listen(self) -> None:
-        """Feed the local broker from the channel; on any failure, reconnect with backoff."""
+        """Hand on what the channel carries; on any failure, reconnect with backoff."""
         backoff = 0.5
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
@@ -307,12 +313,14 @@ class RedisBus:
     def _deliver(self, raw: bytes | str) -> None:
         message = json.loads(raw)
         topic, seq = message["topic"], message["seq"]
-        if topic != BROADCAST and seq <= self.broker.latest_seq(topic):
-            return  # already have it (or something newer)
+        if topic != BROADCAST:
+            if seq <= self._seen.get(topic, 0):
+                return  # already handed on (or something newer)
+            self._seen[topic] = seq
         quote = (
             Quote.from_dict(message["quote"]) if message["quote"] is not None else None
         )
-        self.broker.publish(topic, seq, message["payload"].encode("utf-8"), quote)
+        self.receive(topic, seq, message["payload"].encode("utf-8"), quote)
 
     def status(self) -> dict[str, object]:
         return {"kind": self.kind, "leader": self.leader, "connected": self.connected}

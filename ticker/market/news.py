@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from faker import Faker
 
-from ticker.feed import Company
+from ticker.market.model import Company
 
 NEWS_KEPT = 5  # headlines in the strip
 

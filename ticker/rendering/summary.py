@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ticker.feed import Quote
+from ticker.market.model import Quote
 
 INDEX_BASE = 1000.0
 

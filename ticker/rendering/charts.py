@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
-from ticker.feed import Quote
+from ticker.market.model import Quote
 
 SPARK_LEN = 60  # about the last minute at the default of one tick per second
 

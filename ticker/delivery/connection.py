@@ -1,0 +1,497 @@
+"""One viewer's SSE connection, from the request that opens it to the release that frees it.
+
+A :class:`Connection` is the whole life of one stream in one place: admission (the caps),
+the first frame (the retry hint and the snapshot), frames from the fan-out, catching up when
+the viewer's socket fell behind, heartbeats, noticing a hang-up, the write timeout, the
+optional ``?max_s=`` lifetime, and the release that frees its slot. The routes call
+:meth:`Connection.open`, which returns the response; the broker calls :meth:`deliver` with
+each frame's bytes, and that is all either of them knows about it.
+
+Two ways out to the socket:
+
+- **Direct** (GET, on a server that exposes the plain socket: gunicorn, ``app.py``). Only the
+  small first frame goes through the WSGI server, which sends the headers with it. After
+  that, the broker's fan-out loop writes each frame straight to the socket without waking
+  this viewer's greenlet: that is what makes ten thousand viewers affordable on one core.
+  A viewer whose socket is full gets a conflating mailbox instead (at most the latest event
+  per topic), and its own greenlet catches it up when the socket drains.
+- **Plain** (``HEAD``, TLS terminated in the server, a server that hides the socket): each
+  batch is yielded to the server, which writes it.
+
+A viewer is dropped when its socket accepts nothing for ``write_timeout_s`` (a stuck write
+is failed by shutting the socket down), when it hangs up (its socket turns readable: an SSE
+client sends nothing after its request, so that is its FIN), when the broker ends every
+stream (shutdown), or when its ``max_s`` is up. Whatever ends it, :meth:`close` frees it,
+exactly once; the WSGI server calls it when the response is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import ssl
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import gevent
+from flask import Response
+from gevent.event import Event
+
+from ticker import logfmt
+from ticker.delivery.broker import (
+    Broker,
+    ClientLimitReached,
+    Item,
+    StreamLimitReached,
+    chunk,
+    with_broadcasts,
+)
+from ticker.rendering.sse import encode_comment, encode_retry
+
+log = logging.getLogger(__name__)
+
+# Where the servers we run under put the connection's socket in the WSGI environ.
+_SOCKET_KEYS = ("gunicorn.socket", "ticker.socket")
+
+
+@dataclass(frozen=True)
+class StreamRules:
+    """What every stream of a process shares: its timings and its fixed events."""
+
+    heartbeat_s: float
+    heartbeat: bytes  # the encoded heartbeat event
+    write_timeout_s: float
+    retry_ms: int  # the SSE ``retry:`` hint: how long a browser waits to reconnect
+    process_id: str  # named in each stream's first comment: "which worker am I on?"
+
+
+class _Stalled(Exception):
+    """The viewer's socket accepted nothing for ``write_timeout_s``."""
+
+
+class Connection:
+    """One viewer's stream: its socket, its mailbox, and every reason it may end."""
+
+    __slots__ = (
+        "_events",
+        "_lifetime",
+        "_pending",
+        "_released",
+        "_wake",
+        "_watcher",
+        "backlog",
+        "broker",
+        "chunked",
+        "client",
+        "delivered",
+        "direct",
+        "ended",
+        "fd",
+        "floor",
+        "opened",
+        "route",
+        "rules",
+        "sent_bytes",
+        "snapshot",
+        "snapshot_events",
+        "sock",
+        "topics",
+    )
+
+    def __init__(
+        self,
+        broker: Broker,
+        rules: StreamRules,
+        route: str,
+        topics: tuple[str, ...],
+        client: str = "",
+        sock: socket.socket | None = None,
+        direct: bool = False,
+        chunked: bool = True,
+    ) -> None:
+        self.broker, self.rules = broker, rules
+        self.route, self.client = route, client
+        self.topics = with_broadcasts(topics)
+        self.sock = sock
+        # Direct writing: the descriptor, whether the server chunks the response, whether
+        # the viewer is caught up (the fan-out may write), and the rest of a half-written
+        # chunk. Not caught up until the first frame is out.
+        self.fd = sock.fileno() if sock is not None and direct else None
+        self.chunked = chunked
+        self.direct = False
+        self.backlog = b""
+        # Insertion-ordered: re-inserting on update keeps events in sequence order, so the
+        # SSE ids a client sees only ever increase.
+        self._pending: dict[str, tuple[int, bytes]] = {}
+        self._wake = Event()
+        self.ended = False
+        self._released = False
+        self.delivered = 0  # events handed to the viewer
+        self.sent_bytes = 0
+        # Set by the broker on subscribe: the snapshot, and the publish number below which
+        # the first frame's events are in it already.
+        self.snapshot = b""
+        self.snapshot_events = 0
+        self.floor = 0
+        self.opened = time.monotonic()
+        self._watcher = None
+        self._lifetime: gevent.Greenlet | None = None
+        self._events = self._stream()
+
+    # --- opening ------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        broker: Broker,
+        rules: StreamRules,
+        environ: Mapping[str, object],
+        route: str,
+        topics: tuple[str, ...],
+        client: str,
+        max_s: int = 0,
+    ) -> Response:
+        """The response for a stream request: the stream, or why there is none.
+
+        ``max_s`` (0: none) ends the stream after that many seconds; the browser then
+        reconnects after ``retry``. Over HTTP/1.1 the per-symbol view's six streams hold
+        every connection the browser allows, and only a stream that ends lets a click on a
+        link through.
+        """
+        if broker.closing:
+            # This process is shutting down. A refusal would make the browser's SSE
+            # extension back off for seconds; an empty stream with a retry hint brings it
+            # back in one, by then to the new process.
+            return _sse_response(iter([encode_retry(rules.retry_ms)]))
+        sock = next(
+            (environ[k] for k in _SOCKET_KEYS if environ.get(k) is not None), None
+        )
+        direct = (
+            sock is not None
+            and environ.get("REQUEST_METHOD") == "GET"
+            and not isinstance(sock, ssl.SSLSocket)
+        )
+        # The server chunks an HTTP/1.1 response of unknown length: direct frames must be
+        # chunks too. HTTP/1.0 has no chunks; the end of the stream is the connection's.
+        chunked = environ.get("SERVER_PROTOCOL") != "HTTP/1.0"
+        viewer = cls(broker, rules, route, topics, client, sock, direct, chunked)  # type: ignore[arg-type]
+        try:
+            broker.subscribe(viewer)
+        except StreamLimitReached as refused:
+            return viewer._refuse(refused)
+        log.info(
+            logfmt.event(
+                "stream.open",
+                client=client,
+                route=route,
+                symbols=sum(t.isupper() for t in topics),
+                open=broker.open_streams,
+            )
+        )
+        if viewer.sock is not None:
+            viewer._watch_for_hangup()
+        if max_s:
+            viewer._lifetime = gevent.spawn_later(max_s, viewer.end)
+        return _sse_response(viewer)
+
+    def _refuse(self, refused: StreamLimitReached) -> Response:
+        per_client = isinstance(refused, ClientLimitReached)
+        status = 429 if per_client else 503
+        log.warning(
+            logfmt.event(
+                "stream.refused",
+                reason="client_cap" if per_client else "server_cap",
+                status=status,
+                client=self.client,
+                route=self.route,
+                limit=self.broker.max_per_client
+                if per_client
+                else self.broker.max_streams,
+            )
+        )
+        message = (
+            "Too many open streams from your address; close some and retry."
+            if per_client
+            else "Too many open streams on this server; try again shortly."
+        )
+        response = Response(message + "\n", status=status, mimetype="text/plain")
+        response.headers["Retry-After"] = "5"
+        return response
+
+    # --- the fan-out's side -------------------------------------------------------------
+
+    def deliver(self, items: list[Item], data: bytes, framed: bytes) -> int:
+        """Take one frame (``data``, or ``framed`` as a chunk); return updates conflated.
+
+        A caught-up viewer gets one non-blocking write; whatever does not fit goes to the
+        mailbox (or, if a chunk was cut in half, its rest to ``backlog``) and the viewer's
+        own greenlet is woken to finish the job when the socket drains.
+        """
+        if self.floor and items:
+            floor, self.floor = self.floor, 0
+            items = [item for item in items if item[1] > floor]
+            if not items:
+                return 0
+            data = b"".join(item[3] for item in items)
+            framed = chunk(data)
+        if self.direct:
+            buf = framed if self.chunked else data
+            try:
+                written = os.write(self.fd, buf)  # type: ignore[arg-type]
+            except BlockingIOError:
+                written = 0
+            except OSError:  # the client is gone
+                self.end()
+                return 0
+            if written:
+                self.delivered += len(items)
+                self.sent_bytes += written
+                if written == len(buf):
+                    return 0
+                self.backlog = buf[written:]
+            self.direct = False
+            self._wake.set()
+            if written:
+                return 0
+        return sum(self.offer(topic, seq, payload) for seq, _, topic, payload in items)
+
+    def offer(self, topic: str, seq: int, payload: bytes) -> bool:
+        """Queue ``payload``; return True if it replaced an undelivered one (conflation)."""
+        replaced = self._pending.pop(topic, None) is not None
+        self._pending[topic] = (seq, payload)
+        self._wake.set()
+        return replaced
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def take(self) -> bytes | None:
+        """What the mailbox holds, joined (maybe b""), or None once the stream ended."""
+        if self.ended:
+            return None
+        if not self._pending:
+            return b""
+        data = b"".join(payload for _, payload in self._pending.values())
+        self.delivered += len(self._pending)
+        self._pending.clear()
+        return data
+
+    def end(self) -> None:
+        """End the stream: the viewer's greenlet wakes up, finishes and releases it."""
+        self.ended = True
+        self._wake.set()
+
+    # --- the response body (the WSGI server iterates it, then calls close) -------------
+
+    def __iter__(self) -> Iterator[bytes]:
+        # The server iterates the generator itself, with no wrapper in between: every
+        # layer between the server and the waiting generator is stack that each idle
+        # viewer's greenlet keeps.
+        return self._events
+
+    def close(self) -> None:
+        """Free the stream (the server is done with the response, however it ended)."""
+        self._events.close()  # runs the generator's ``finally`` if it had started
+        self._release()
+
+    def _stream(self) -> Iterator[bytes]:
+        hello = encode_retry(self.rules.retry_ms) + encode_comment(
+            f"process {self.rules.process_id}"
+        )
+        try:
+            if self.fd is not None:
+                # Only the small hello goes through the server (the headers go with it):
+                # the server keeps the last thing yielded referenced for as long as the
+                # stream lasts, and the snapshot is kilobytes. It follows directly.
+                with self._write_deadline():
+                    yield hello
+                self._write_directly()
+            else:
+                first = hello + self._take_snapshot() + (self.take() or b"")
+                yield from self._yield_batches(first)
+        except _Stalled:
+            self._drop_stalled()
+        except OSError:
+            pass  # the client is gone; the server's own last write will fail quietly
+        finally:
+            self._release()
+
+    def _take_snapshot(self) -> bytes:
+        data, self.snapshot = self.snapshot, b""
+        self.delivered += self.snapshot_events
+        return data
+
+    def _write_directly(self) -> None:
+        heartbeat = self.rules.heartbeat
+        framed = chunk(heartbeat) if self.chunked else heartbeat
+        next_heartbeat = time.monotonic() + self.rules.heartbeat_s
+        while self._catch_up():
+            self._wake.wait(max(0.0, next_heartbeat - time.monotonic()))
+            self._wake.clear()
+            if self.ended:
+                return
+            if time.monotonic() >= next_heartbeat:
+                self.deliver([], heartbeat, framed)
+                next_heartbeat = time.monotonic() + self.rules.heartbeat_s
+
+    def _catch_up(self) -> bool:
+        """Write what the fan-out could not, cooperatively; then let the fan-out write again.
+
+        Returns False once the stream ended. While this waits on the socket the viewer is
+        not ``direct``, so new frames only conflate into its mailbox.
+        """
+        while self.snapshot or self.backlog or self._pending:
+            if self.snapshot:
+                self._send(self._take_snapshot(), frame=True)
+            if self.backlog:
+                rest, self.backlog = self.backlog, b""
+                self._send(rest, frame=False)
+            data = self.take()
+            if data is None:
+                return False
+            if data:
+                self._send(data, frame=True)
+        if self.ended:
+            return False
+        self.direct = True
+        return True
+
+    def _send(self, data: bytes, frame: bool) -> None:
+        if frame and self.chunked:
+            data = chunk(data)
+        with gevent.Timeout(self.rules.write_timeout_s, _Stalled):
+            self.sock.sendall(data)  # type: ignore[union-attr]
+        self.sent_bytes += len(data)
+
+    def _yield_batches(self, first: bytes) -> Iterator[bytes]:
+        """The plain path: one yield per batch; the server resumes us once it is written."""
+        data = first
+        next_heartbeat = time.monotonic() + self.rules.heartbeat_s
+        while True:
+            if data:
+                self.sent_bytes += len(data)
+                with self._write_deadline():
+                    yield data
+            wait = max(0.0, next_heartbeat - time.monotonic())
+            if not self._pending and not self.ended:
+                self._wake.wait(wait)
+            self._wake.clear()
+            data = self.take()
+            if (
+                data is None
+            ):  # ended: the client hung up, or the process is shutting down
+                return
+            if time.monotonic() >= next_heartbeat:
+                data += self.rules.heartbeat
+                next_heartbeat = time.monotonic() + self.rules.heartbeat_s
+
+    @contextmanager
+    def _write_deadline(self) -> Iterator[None]:
+        """Drop the viewer if the server's write of what we yield takes too long."""
+        timer = gevent.get_hub().loop.timer(self.rules.write_timeout_s)
+        # The timer fires in the event loop, where nothing may block: drop in a greenlet.
+        timer.start(gevent.spawn, self._drop_stalled)
+        try:
+            yield
+        finally:
+            timer.stop()
+            timer.close()
+
+    # --- ending -------------------------------------------------------------------------
+
+    def _drop_stalled(self) -> None:
+        if self._released:
+            return
+        log.warning(
+            logfmt.event(
+                "stream.drop",
+                reason="stalled",
+                client=self.client,
+                route=self.route,
+                timeout_s=self.rules.write_timeout_s,
+            )
+        )
+        self.end()
+        if self.sock is not None:
+            # Shutting the socket down fails the stuck write, and the server closes us.
+            _shutdown(self.sock, socket.SHUT_RDWR)
+
+    def _watch_for_hangup(self) -> None:
+        """Notice the client leaving at once, not at the second write after it left.
+
+        A readable SSE socket means the client hung up. One event-loop watcher per stream,
+        and no greenlet until something happens.
+        """
+        self._watcher = gevent.get_hub().loop.io(self.sock.fileno(), 1)  # type: ignore[union-attr]
+        self._watcher.start(self._readable)
+
+    def _readable(self) -> None:
+        # Runs in the event loop, where nothing may block: look in a greenlet of its own.
+        self._watcher.stop()
+        gevent.spawn(self._check_hangup)
+
+    def _check_hangup(self) -> None:
+        if self._released:
+            return
+        try:
+            data = self.sock.recv(1, socket.MSG_PEEK)  # type: ignore[union-attr]
+        except OSError:
+            data = b""  # reset by peer
+        if not data:  # more bytes would be pipelining: not a hang-up; stop watching
+            self.end()
+
+    def _release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self.end()
+        if self._lifetime is not None:
+            self._lifetime.kill(block=False)
+        if self._watcher is not None:
+            # Before the socket is closed and its descriptor reused.
+            self._watcher.stop()
+            self._watcher.close()
+        if self.sock is not None:
+            # A stream's connection is never reused: once the server has written the
+            # final chunk it closes, instead of idling in keep-alive (which would also
+            # hold a shutting-down worker for the whole keep-alive timeout).
+            _shutdown(self.sock, socket.SHUT_RD)
+        if self.broker.unsubscribe(self):
+            log.info(
+                logfmt.event(
+                    "stream.close",
+                    client=self.client,
+                    route=self.route,
+                    duration_s=round(time.monotonic() - self.opened, 3),
+                    events=self.delivered,
+                    bytes=self.sent_bytes,
+                    open=self.broker.open_streams,
+                )
+            )
+
+
+def _sse_response(body: Iterator[bytes] | Connection) -> Response:
+    # direct_passthrough: the server gets our body as it is, without Werkzeug's wrappers.
+    response = Response(body, mimetype="text/event-stream", direct_passthrough=True)
+    response.headers["Cache-Control"] = "no-cache"
+    # nginx (and routers built on it) buffer responses unless told not to.
+    response.headers["X-Accel-Buffering"] = "no"
+    return response
+
+
+def _shutdown(sock: socket.socket, how: int) -> None:
+    """Shut the connection down (``how``: SHUT_RD or SHUT_RDWR) without closing it.
+
+    Done through a duplicate descriptor: gevent's own ``shutdown`` cancels any greenlet
+    waiting on the socket with EBADF, which gunicorn logs as an unexpected error. Shut
+    down underneath it, a stuck write fails with a quiet EPIPE instead.
+    """
+    try:
+        with socket.fromfd(sock.fileno(), sock.family, sock.type) as dup:
+            dup.shutdown(how)
+    except OSError:
+        pass  # already gone
