@@ -29,7 +29,7 @@ def assert_connected_first(server: Server, path: str) -> None:
     names = [e.event for e in events]
     assert EVENT in names, (
         f"{path} sent no {EVENT!r} event; its first events were {names[:8]}. Send "
-        "it with the stream's hello in ticker/views.py (_open_stream)"
+        "it with the stream's hello in ticker/delivery/connection.py (Connection._stream)"
     )
     assert names.count(EVENT) == 1, f"{path}: one {EVENT!r} per connection: {names}"
     quotes = [i for i, e in enumerate(events) if f'data-symbol="{e.event}"' in e.data]

@@ -40,8 +40,8 @@ def calm(tmp_path_factory) -> Iterator[Server]:
 def movers_page(server: Server) -> Element:
     status, headers, body = server.request("/movers")
     assert status == 200, (
-        f"GET /movers answered {status}: add the page's route (a view in "
-        "ticker/views.py, or a blueprint of its own) and its template"
+        f"GET /movers answered {status}: add the page's route (in "
+        "ticker/web/pages.py, or a blueprint of its own) and its template"
     )
     assert headers["Content-Type"].startswith("text/html"), headers["Content-Type"]
     return parse_html(body.decode())

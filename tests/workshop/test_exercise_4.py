@@ -53,7 +53,7 @@ def open_alerts(server: Server, path: str) -> SSEClient:
     client = SSEClient(server.base, path)
     assert client.status == 200, (
         f"GET {path} answered {client.status}: add the /alerts route (in "
-        "ticker/views.py, or a blueprint of its own)"
+        "ticker/web/streams.py, or a blueprint of its own)"
     )
     kind = client.headers["Content-Type"]
     assert kind.startswith("text/event-stream"), f"{path} sends {kind}"
