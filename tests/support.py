@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
@@ -223,7 +224,12 @@ class Event:
 
 
 class SSEClient:
-    """A minimal, spec-following EventSource over a raw HTTP/1.1 connection."""
+    """A minimal, spec-following EventSource over a raw HTTP/1.1 connection.
+
+    It decodes a ``Content-Encoding: gzip`` stream as it arrives, as a browser does (ask
+    for one with ``headers={"Accept-Encoding": "gzip"}``), and counts what came over the
+    wire (``wire_bytes``, after chunked framing) and what it decoded (``decoded_bytes``).
+    """
 
     def __init__(
         self,
@@ -241,6 +247,35 @@ class SSEClient:
         self.status = self.response.status
         self.headers = self.response.headers
         self.last_id: str | None = None
+        gzipped = self.headers.get("Content-Encoding") == "gzip"
+        self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzipped else None
+        self._buffer = b""
+        self.wire_bytes = 0
+        self.decoded_bytes = 0
+
+    @property
+    def gzip_ended_cleanly(self) -> bool:
+        """The gzip stream ended with its trailer, CRC and length checked by zlib."""
+        inflate = self._inflate
+        return inflate is not None and inflate.eof and not inflate.unused_data
+
+    def _readline(self) -> bytes:
+        if self._inflate is None:
+            line = self.response.readline()
+            self.wire_bytes += len(line)
+            self.decoded_bytes += len(line)
+            return line
+        while b"\n" not in self._buffer:
+            raw = self.response.read1(65536)
+            if not raw:
+                line, self._buffer = self._buffer, b""
+                return line
+            self.wire_bytes += len(raw)
+            decoded = self._inflate.decompress(raw)
+            self.decoded_bytes += len(decoded)
+            self._buffer += decoded
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line + b"\n"
 
     def next(self) -> Event:
         """Read lines until an event is dispatched (or a comment-only block ends)."""
@@ -248,7 +283,7 @@ class SSEClient:
         data_lines: list[str] = []
         seen_field = False
         while True:
-            raw = self.response.readline()
+            raw = self._readline()
             if not raw:
                 raise EOFError("stream ended")
             line = raw.decode("utf-8").rstrip("\n").rstrip("\r")

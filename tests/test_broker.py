@@ -6,6 +6,7 @@ end of a socket pair, as the direct path has after its headers went out.
 
 from __future__ import annotations
 
+import os
 import socket
 
 import gevent
@@ -14,13 +15,7 @@ import pytest
 from ticker.delivery.broker import BROADCAST, Broker, StreamLimitReached, chunk
 from ticker.delivery.connection import Connection, StreamRules
 
-RULES = StreamRules(
-    heartbeat_s=30,
-    heartbeat=b": heartbeat\n\n",
-    write_timeout_s=30,
-    retry_ms=1000,
-    process_id="test",
-)
+RULES = StreamRules(write_timeout_s=30, retry_ms=1000, process_id="test")
 
 
 def publish(broker, topic, seq):
@@ -36,10 +31,11 @@ def subscribe(broker, route, topics, client=""):
 def read(viewer, timeout=0.0):
     """What the viewer has been handed and not yet sent: its snapshot, then its mailbox
     (waiting up to ``timeout`` for something to arrive); None once it has ended."""
-    if not viewer.snapshot and not viewer.pending and not viewer.ended:
+    if viewer.snapshot is None and not viewer.pending and not viewer.ended:
         viewer._wake.wait(timeout)
     viewer._wake.clear()
-    snapshot, viewer.snapshot = viewer.snapshot, b""
+    snapshot = viewer.snapshot.data if viewer.snapshot is not None else b""
+    viewer.snapshot = None
     rest = viewer.take()
     return None if rest is None else snapshot + rest
 
@@ -61,7 +57,7 @@ def test_the_snapshot_is_joined_once_per_audience_and_renewed_when_a_topic_moves
     assert first.snapshot is second.snapshot, "the same bytes, not a copy per viewer"
     publish(broker, "AAA", 2)
     third = subscribe(broker, "multi", ["AAA"])
-    assert third.snapshot == b"<AAA:2>"
+    assert third.snapshot.data == b"<AAA:2>"
 
 
 def test_stalled_subscriber_holds_only_the_latest_update_per_symbol():
@@ -182,7 +178,7 @@ def caught_up_viewer(broker, topics):
     ours.setblocking(False)
     viewer = Connection(broker, RULES, "multi", tuple(topics), "", ours, direct=True)
     broker.subscribe(viewer)
-    viewer.snapshot = b""
+    viewer.snapshot = None
     viewer.direct = True
     return viewer, ours, theirs
 
@@ -245,3 +241,116 @@ def test_a_snapshot_renders_the_at_flush_event_anew_and_last_so_it_agrees_with_t
     state["AAA"] = 2
     viewer = subscribe(broker, "multi", ["AAA", "market"])
     assert read(viewer) == b"<AAA:2><market of AAA:2>"
+
+
+# --- gzip: compressed once per audience ---------------------------------------------------
+
+
+def gzip_viewer(broker, topics):
+    """A gzip viewer on one end of a socket pair, its stream driven by a greenlet the way
+    the server drives it: the first yield (hello) goes through "the server", the rest the
+    connection writes itself."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    viewer = Connection(
+        broker, RULES, "multi", tuple(topics), "", ours, direct=True, gzip=True
+    )
+    broker.subscribe(viewer)
+    body = iter(viewer)
+    first = next(body)
+    runner = gevent.spawn(lambda: list(body))
+    gevent.sleep(0)  # it writes the snapshot and becomes caught up
+    return viewer, ours, theirs, first, runner
+
+
+def drain(sock):
+    sock.setblocking(False)
+    data = b""
+    while True:
+        try:
+            piece = sock.recv(1 << 20)
+        except BlockingIOError:
+            return data
+        if not piece:
+            return data
+        data += piece
+
+
+def unchunk(data):
+    out = b""
+    while data:
+        size, _, rest = data.partition(b"\r\n")
+        n = int(size, 16)
+        out, data = out + rest[:n], rest[n + 2 :]
+    return out
+
+
+@pytest.fixture
+def short_epochs(monkeypatch):
+    from ticker.delivery import compression
+
+    monkeypatch.setattr(compression, "EPOCH_FRAMES", 3)
+
+
+def test_gzip_viewers_of_one_audience_get_the_same_bytes_once_joined(short_epochs):
+    import zlib
+
+    broker = Broker(max_streams=10)
+    publish(broker, "AAA", 1)
+    a, a_ours, a_theirs, a_first, _ = gzip_viewer(broker, ["AAA"])
+    for seq in range(2, 6):
+        publish(broker, "AAA", seq)
+    b, b_ours, b_theirs, b_first, _ = gzip_viewer(broker, ["AAA"])
+    for seq in range(6, 9):  # b reaches the end of an epoch and joins
+        publish(broker, "AAA", seq)
+    assert a.joined and b.joined
+    got = {"a": drain(a_theirs), "b": drain(b_theirs)}
+    publish(broker, "AAA", 9)
+    last_a, last_b = drain(a_theirs), drain(b_theirs)
+    assert last_a == last_b, "one compressed frame for both"
+    broker.close()
+    gevent.sleep(0.01)
+    for first, received in (
+        (a_first, got["a"] + last_a + drain(a_theirs)),
+        (b_first, got["b"] + last_b + drain(b_theirs)),
+    ):
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        text = inflate.decompress(first) + inflate.decompress(unchunk(received))
+        assert inflate.eof and not inflate.unused_data, "CRC and length check out"
+        assert text.endswith(b"<AAA:8><AAA:9>")
+    a_ours.close(), b_ours.close()
+
+
+def test_a_gzip_viewer_that_falls_behind_mid_epoch_rejoins_and_ends_as_valid_gzip(
+    short_epochs,
+):
+    import zlib
+
+    broker = Broker(max_streams=10)
+    viewer, ours, theirs, first, runner = gzip_viewer(broker, ["AAA", "BBB"])
+    received = b""
+    for seq in range(1, 5):  # joins after the first epoch
+        publish(broker, "AAA" if seq % 2 else "BBB", seq)
+    received += drain(theirs)
+    assert viewer.joined
+    # In the middle of an epoch, a frame too big for the socket: it falls behind.
+    broker.publish("AAA", 5, b"<AAA:5 %s>" % os.urandom(300_000).hex().encode())
+    assert not viewer.direct and not viewer.joined
+    for seq in range(6, 9):
+        publish(broker, "AAA" if seq % 2 else "BBB", seq)
+    while not viewer.direct:  # its greenlet catches it up as the socket drains
+        received += drain(theirs)
+        gevent.sleep(0.001)
+    assert not viewer.joined, "caught up, not yet rejoined"
+    for seq in range(9, 16):
+        publish(broker, "AAA" if seq % 2 else "BBB", seq)
+    assert viewer.joined, "rejoined at an epoch's end"
+    broker.close()
+    runner.join(timeout=5)
+    received += drain(theirs)
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    text = inflate.decompress(first) + inflate.decompress(unchunk(received))
+    assert inflate.eof and not inflate.unused_data, "CRC and length check out"
+    assert text.endswith(b"<AAA:15>")
+    assert b"<BBB:6>" not in text and b"<AAA:7><BBB:8>" in text, "the mailbox conflated"
+    ours.close()

@@ -45,6 +45,9 @@ class Settings:
     # Ticks are gathered for this long and fanned out together, one write per viewer per
     # frame. Longer frames cost less CPU per viewer and add up to that much latency.
     frame_ms: int = 100
+    # 1: a stream is sent gzip-compressed to a client whose Accept-Encoding allows it
+    # (compressed once per audience, not once per viewer); 0: always plain.
+    compress_streams: int = 1
     # Not part of the public contract: how long a browser waits before reconnecting (SSE
     # ``retry:``), in milliseconds. One second keeps a redeploy short for viewers.
     retry_ms: int = 1000
@@ -62,6 +65,7 @@ class Settings:
             "max_streams_per_client": self.max_streams_per_client >= 0,
             "write_timeout_s": self.write_timeout_s > 0,
             "frame_ms": 0 <= self.frame_ms <= 5000,
+            "compress_streams": self.compress_streams in (0, 1),
             "retry_ms": self.retry_ms >= 0,
         }
         bad = [name.upper() for name, ok in checks.items() if not ok]

@@ -22,6 +22,7 @@ import uuid
 from collections import deque
 from dataclasses import replace
 
+import gevent
 from flask import Flask
 
 from ticker import logfmt
@@ -77,8 +78,6 @@ class Service:
         # worker am I on?" has an answer without exposing anything about the host.
         self.process_id = uuid.uuid4().hex[:8]
         self.stream_rules = StreamRules(
-            heartbeat_s=settings.heartbeat_s,
-            heartbeat=self.fragments.heartbeat,
             write_timeout_s=settings.write_timeout_s,
             retry_ms=settings.retry_ms,
             process_id=self.process_id,
@@ -95,6 +94,7 @@ class Service:
         self._summaries = Pacer(PACE_S, self._publish_summary)
         self._published: dict[str, Quote] = {}  # the leader's latest quote, per symbol
         self.broadcasts = 0
+        self._heart: gevent.Greenlet | None = None
         self.started_at = time.time()
         # Opening quotes, so pages and streams have a snapshot before the first tick (with
         # Redis, until the current market arrives from it).
@@ -163,8 +163,18 @@ class Service:
     # --- life ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Join the bus, which starts the feed here if this process leads. Idempotent."""
+        """Join the bus (which starts the feed here if this process leads) and start the
+        heartbeat. Idempotent."""
         self.bus.start(self._on_elected, self._on_deposed)
+        if self._heart is None:
+            self._heart = gevent.spawn(self._beat)
+
+    def _beat(self) -> None:
+        """Every ``HEARTBEAT_S``, a heartbeat on every stream: proxies and PaaS routers,
+        which cut idle connections, see bytes, and the page's live marker stays live."""
+        while True:
+            gevent.sleep(self.settings.heartbeat_s)
+            self.broker.beat(self.fragments.heartbeat)
 
     def _on_elected(self) -> None:
         # Continue from the last published prices (no jump back to the open), and never
@@ -193,6 +203,9 @@ class Service:
         self._charts.cancel()
         self._summaries.cancel()
         self.bus.stop()
+        if self._heart is not None:
+            self._heart.kill()
+            self._heart = None
 
 
 def _namespace(settings: Settings) -> str:

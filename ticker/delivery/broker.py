@@ -7,8 +7,12 @@ viewers who watch the same topics (an *audience*: usually everyone watching the 
 share the frame's bytes, joined once, and each viewer gets them with one call of its
 :meth:`~ticker.delivery.connection.Connection.deliver`.
 
+An audience with viewers who take gzip also has one compressor (``compression.py``): each
+frame is compressed once for all of them, however many they are. The heartbeat goes out in
+the frames too, to every stream at once.
+
 The broker also keeps the latest event of every topic: that is the snapshot a new viewer
-gets first, joined once per audience, not once per viewer. It knows nothing of quotes,
+gets first, joined (and compressed) once per audience, not once per viewer. It knows nothing of quotes,
 prices or HTML; the caps (``MAX_STREAMS``, ``MAX_STREAMS_PER_CLIENT``) are enforced here,
 where every stream is counted.
 """
@@ -21,7 +25,8 @@ from typing import Protocol
 
 import gevent
 
-from ticker.rendering.fragments import BROADCAST
+from ticker.delivery.compression import SharedDeflate, standalone
+from ticker.rendering.fragments import BROADCAST, HEARTBEAT
 
 CHART_PREFIX = "chart:"
 
@@ -49,13 +54,16 @@ class Viewer(Protocol):
     topics: tuple[str, ...]
     delivered: int  # events handed to it
     sent_bytes: int
-    snapshot: bytes  # set on subscribe: what it is sent first
-    snapshot_events: int
-    floor: int  # set on subscribe: its first frame skips events numbered up to this
+    gzip: bool  # whether it takes a compressed stream
+    # Set on subscribe: what it is sent first, the compressor whose bytes it will join, and
+    # the publish number up to which its first frame's events are in the snapshot already.
+    snapshot: Snapshot
+    deflate: SharedDeflate | None
+    floor: int
 
     @property
     def pending(self) -> int: ...
-    def deliver(self, items: list[Item], data: bytes, framed: bytes) -> int: ...
+    def deliver(self, frame: Frame) -> int: ...
     def end(self) -> None: ...
 
 
@@ -67,16 +75,82 @@ class ClientLimitReached(StreamLimitReached):
     """This client address already holds ``max_per_client`` open streams."""
 
 
+class Snapshot:
+    """What a new viewer of an audience gets first: the latest event of each topic."""
+
+    __slots__ = ("_gzip", "data", "events")
+
+    def __init__(self, data: bytes, events: int) -> None:
+        self.data, self.events = data, events
+        self._gzip: bytes | None = None
+
+    def gzip(self) -> bytes:
+        """Compressed on its own, once, for every gzip viewer who gets this snapshot."""
+        if self._gzip is None:
+            self._gzip = standalone(self.data)
+        return self._gzip
+
+
+class Frame:
+    """One frame of one audience: its events, and its bytes in each encoding, made once
+    for every viewer of the audience."""
+
+    __slots__ = (
+        "_alone",
+        "crc_after",
+        "crc_before",
+        "data",
+        "epoch_end",
+        "events",
+        "framed",
+        "gzip",
+        "gzip_framed",
+        "items",
+        "size_after",
+        "size_before",
+    )
+
+    def __init__(self, items: list[Item], deflate: SharedDeflate | None = None) -> None:
+        self.items = items
+        self.data = b"".join(item[3] for item in items)
+        self.framed = chunk(self.data)
+        self.events = sum(
+            item[2] != HEARTBEAT for item in items
+        )  # heartbeats don't count
+        self._alone: bytes | None = None
+        self.epoch_end = False
+        if deflate is not None:
+            self.crc_before, self.size_before = deflate.crc, deflate.size
+            self.gzip, self.epoch_end = deflate.encode(self.data)
+            self.gzip_framed = chunk(self.gzip)
+            self.crc_after, self.size_after = deflate.crc, deflate.size
+
+    def alone(self) -> bytes:
+        """Compressed on its own, for gzip viewers who have not joined the shared stream."""
+        if self._alone is None:
+            self._alone = standalone(self.data)
+        return self._alone
+
+
 class Audience:
     """The viewers who watch exactly the same topics, and so share every frame's bytes
     and the snapshot's."""
 
-    __slots__ = ("snapshot", "snapshot_at", "topics", "viewers")
+    __slots__ = (
+        "deflate",
+        "gzip_viewers",
+        "snapshot",
+        "snapshot_at",
+        "topics",
+        "viewers",
+    )
 
     def __init__(self, topics: frozenset[str]) -> None:
         self.topics = topics
         self.viewers: set[Viewer] = set()
-        self.snapshot: tuple[bytes, int] = (b"", 0)  # (bytes, events in it)
+        self.gzip_viewers = 0
+        self.deflate: SharedDeflate | None = None  # while any viewer takes gzip
+        self.snapshot = Snapshot(b"", 0)
         self.snapshot_at = (
             -1
         )  # the broker's version of the latest events it was joined at
@@ -129,6 +203,14 @@ class Broker:
         self._frame[topic] = (seq, self.published, topic, payload)
         self._schedule()
 
+    def beat(self, heartbeat: bytes) -> None:
+        """Send ``heartbeat`` to every stream with the next frame (and keep it out of
+        snapshots). One for all, in the frames: a gzip viewer's bytes must be exactly its
+        audience's, so nothing may be slipped in between for one viewer alone."""
+        self.published += 1
+        self._frame[HEARTBEAT] = (self.last_seq, self.published, HEARTBEAT, heartbeat)
+        self._schedule()
+
     def publish_at_flush(self, topic: str, render: Callable[[], bytes]) -> None:
         """Send ``render()`` last in the next frame, rendered as that frame goes out.
 
@@ -178,11 +260,10 @@ class Broker:
             mine = [item for item in items if item[2] in audience.topics]
             if not mine:
                 continue
-            data = b"".join(item[3] for item in mine)
-            framed = chunk(data)
+            frame = Frame(mine, audience.deflate)
             conflated = 0
             for viewer in list(audience.viewers):
-                conflated += viewer.deliver(mine, data, framed)
+                conflated += viewer.deliver(frame)
             self.conflated += conflated
 
     def latest_seq(self, topic: str) -> int:
@@ -210,14 +291,19 @@ class Broker:
         if audience.snapshot_at != self._version:
             audience.snapshot = self._snapshot(key)
             audience.snapshot_at = self._version
-        viewer.snapshot, viewer.snapshot_events = audience.snapshot
+        viewer.snapshot = audience.snapshot
         viewer.floor = self.published if self._frame else 0
+        if viewer.gzip:
+            audience.gzip_viewers += 1
+            if audience.deflate is None:
+                audience.deflate = SharedDeflate()
+            viewer.deflate = audience.deflate
         audience.viewers.add(viewer)
         self._open.add(viewer)
         self.open_by_route[viewer.route] += 1
         self.open_by_client[client] += 1
 
-    def _snapshot(self, topics: frozenset[str]) -> tuple[bytes, int]:
+    def _snapshot(self, topics: frozenset[str]) -> Snapshot:
         """The latest event of each of ``topics`` in sequence order, joined, and how many.
 
         An event published at flush (the market summary) describes the state of the others:
@@ -231,7 +317,7 @@ class Broker:
         )
         parts = [self._latest[t][1] for _, t in latest]
         parts += [render() for t, render in self._renderers.items() if t in topics]
-        return b"".join(parts), len(parts)
+        return Snapshot(b"".join(parts), len(parts))
 
     def unsubscribe(self, viewer: Viewer) -> bool:
         """Forget ``viewer``; return False if it was already gone (safe to call twice)."""
@@ -241,6 +327,10 @@ class Broker:
         key = frozenset(viewer.topics)
         audience = self._audiences[key]
         audience.viewers.discard(viewer)
+        if viewer.gzip:
+            audience.gzip_viewers -= 1
+            if not audience.gzip_viewers:
+                audience.deflate = None  # its memory goes with the last gzip viewer
         if not audience.viewers:
             del self._audiences[key]
         for counter, name in (
@@ -266,5 +356,6 @@ class Broker:
 
 
 def with_broadcasts(topics: Iterable[str]) -> tuple[str, ...]:
-    """``topics`` without duplicates, plus the admin message every stream carries."""
-    return (*dict.fromkeys(topics), BROADCAST)
+    """``topics`` without duplicates, plus what every stream carries: the admin message
+    and the heartbeat."""
+    return (*dict.fromkeys(topics), BROADCAST, HEARTBEAT)

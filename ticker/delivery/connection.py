@@ -18,6 +18,11 @@ Two ways out to the socket:
 - **Plain** (``HEAD``, TLS terminated in the server, a server that hides the socket): each
   batch is yielded to the server, which writes it.
 
+A viewer that asked for gzip gets the same frames compressed, once per audience
+(``compression.py``): until it has joined its audience's shared compressed stream, at the
+end of an epoch, it gets frames compressed on their own, and after catching up it joins
+again the same way. A stream that ends cleanly ends with a valid gzip trailer.
+
 A viewer is dropped when its socket accepts nothing for ``write_timeout_s`` (a stuck write
 is failed by shutting the socket down), when it hangs up (its socket turns readable: an SSE
 client sends nothing after its request, so that is its FIN), when the broker ends every
@@ -27,11 +32,13 @@ exactly once; the WSGI server calls it when the response is done.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 import ssl
 import time
+import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,14 +48,18 @@ from flask import Response
 from gevent.event import Event
 
 from ticker import logfmt
+from ticker.delivery import compression
 from ticker.delivery.broker import (
     Broker,
     ClientLimitReached,
-    Item,
+    Frame,
+    Snapshot,
     StreamLimitReached,
     chunk,
     with_broadcasts,
 )
+from ticker.delivery.compression import SharedDeflate, crc_between, crc_combine
+from ticker.rendering.fragments import HEARTBEAT
 from ticker.rendering.sse import encode_comment, encode_retry
 
 log = logging.getLogger(__name__)
@@ -61,8 +72,6 @@ _SOCKET_KEYS = ("gunicorn.socket", "ticker.socket")
 class StreamRules:
     """What every stream of a process shares: its timings and its fixed events."""
 
-    heartbeat_s: float
-    heartbeat: bytes  # the encoded heartbeat event
     write_timeout_s: float
     retry_ms: int  # the SSE ``retry:`` hint: how long a browser waits to reconnect
     process_id: str  # named in each stream's first comment: "which worker am I on?"
@@ -79,6 +88,7 @@ class Connection:
         "_events",
         "_lifetime",
         "_pending",
+        "_plain_deflate",
         "_released",
         "_wake",
         "_watcher",
@@ -86,17 +96,22 @@ class Connection:
         "broker",
         "chunked",
         "client",
+        "crc",
+        "deflate",
         "delivered",
         "direct",
         "ended",
         "fd",
         "floor",
+        "gzip",
+        "joined",
+        "joined_at",
         "opened",
         "route",
         "rules",
         "sent_bytes",
+        "size",
         "snapshot",
-        "snapshot_events",
         "sock",
         "topics",
     )
@@ -111,6 +126,7 @@ class Connection:
         sock: socket.socket | None = None,
         direct: bool = False,
         chunked: bool = True,
+        gzip: bool = False,
     ) -> None:
         self.broker, self.rules = broker, rules
         self.route, self.client = route, client
@@ -133,9 +149,18 @@ class Connection:
         self.sent_bytes = 0
         # Set by the broker on subscribe: the snapshot, and the publish number below which
         # the first frame's events are in it already.
-        self.snapshot = b""
-        self.snapshot_events = 0
+        self.snapshot: Snapshot | None = None
         self.floor = 0
+        # gzip: the audience's compressor (set on subscribe), whether this viewer gets its
+        # bytes (joined) and its running CRC and length when it joined, and the CRC and
+        # length of everything it decoded up to then: what its trailer needs.
+        self.gzip = gzip
+        self.deflate: SharedDeflate | None = None
+        self.joined = False
+        self.joined_at = (0, 0)
+        self.crc = 0
+        self.size = 0
+        self._plain_deflate = None
         self.opened = time.monotonic()
         self._watcher = None
         self._lifetime: gevent.Greenlet | None = None
@@ -153,6 +178,7 @@ class Connection:
         topics: tuple[str, ...],
         client: str,
         max_s: int = 0,
+        gzip: bool = False,
     ) -> Response:
         """The response for a stream request: the stream, or why there is none.
 
@@ -177,7 +203,7 @@ class Connection:
         # The server chunks an HTTP/1.1 response of unknown length: direct frames must be
         # chunks too. HTTP/1.0 has no chunks; the end of the stream is the connection's.
         chunked = environ.get("SERVER_PROTOCOL") != "HTTP/1.0"
-        viewer = cls(broker, rules, route, topics, client, sock, direct, chunked)  # type: ignore[arg-type]
+        viewer = cls(broker, rules, route, topics, client, sock, direct, chunked, gzip)  # type: ignore[arg-type]
         try:
             broker.subscribe(viewer)
         except StreamLimitReached as refused:
@@ -195,7 +221,7 @@ class Connection:
             viewer._watch_for_hangup()
         if max_s:
             viewer._lifetime = gevent.spawn_later(max_s, viewer.end)
-        return _sse_response(viewer)
+        return _sse_response(viewer, gzip)
 
     def _refuse(self, refused: StreamLimitReached) -> Response:
         per_client = isinstance(refused, ClientLimitReached)
@@ -223,22 +249,29 @@ class Connection:
 
     # --- the fan-out's side -------------------------------------------------------------
 
-    def deliver(self, items: list[Item], data: bytes, framed: bytes) -> int:
-        """Take one frame (``data``, or ``framed`` as a chunk); return updates conflated.
+    def deliver(self, frame: Frame) -> int:
+        """Take one frame; return the updates conflated.
 
-        A caught-up viewer gets one non-blocking write; whatever does not fit goes to the
-        mailbox (or, if a chunk was cut in half, its rest to ``backlog``) and the viewer's
-        own greenlet is woken to finish the job when the socket drains.
+        A caught-up viewer gets one non-blocking write of the frame's bytes in its
+        encoding; whatever does not fit goes to the mailbox (or, if a chunk was cut in
+        half, its rest to ``backlog``) and the viewer's own greenlet is woken to finish the
+        job when the socket drains.
         """
-        if self.floor and items:
+        items = frame.items
+        if self.floor:
+            # The first frame after subscribing: what the snapshot had already must not
+            # come twice, so these bytes are this viewer's own: the mailbox sends them.
             floor, self.floor = self.floor, 0
             items = [item for item in items if item[1] > floor]
-            if not items:
-                return 0
-            data = b"".join(item[3] for item in items)
-            framed = chunk(data)
+            self.direct = False
         if self.direct:
-            buf = framed if self.chunked else data
+            if not self.gzip:
+                buf = frame.framed if self.chunked else frame.data
+            elif self.joined:
+                buf = frame.gzip_framed if self.chunked else frame.gzip
+            else:
+                alone = frame.alone()
+                buf = chunk(alone) if self.chunked else alone
             try:
                 written = os.write(self.fd, buf)  # type: ignore[arg-type]
             except BlockingIOError:
@@ -247,16 +280,41 @@ class Connection:
                 self.end()
                 return 0
             if written:
-                self.delivered += len(items)
+                self.delivered += frame.events
                 self.sent_bytes += written
+                if self.gzip:
+                    self._decoded(frame)
                 if written == len(buf):
                     return 0
                 self.backlog = buf[written:]
+            elif self.joined:
+                self._leave(frame.crc_before, frame.size_before)
             self.direct = False
             self._wake.set()
             if written:
+                if self.joined:  # the backlog finishes the frame, then it catches up
+                    self._leave(frame.crc_after, frame.size_after)
                 return 0
         return sum(self.offer(topic, seq, payload) for seq, _, topic, payload in items)
+
+    def _decoded(self, frame: Frame) -> None:
+        """Account for a frame this gzip viewer will have decoded whole."""
+        if self.joined:
+            return  # counted when it leaves or ends, from the audience's running CRC
+        self.crc = zlib.crc32(frame.data, self.crc)
+        self.size += len(frame.data)
+        if frame.epoch_end:
+            # Nothing after this frame refers back: from the next one on, the shared bytes.
+            self.joined = True
+            self.joined_at = (frame.crc_after, frame.size_after)
+
+    def _leave(self, crc_after: int, size_after: int) -> None:
+        """Stop taking the shared bytes: fold the stretch it decoded into its own CRC."""
+        crc_at, size_at = self.joined_at
+        length = size_after - size_at
+        self.crc = crc_combine(self.crc, crc_between(crc_at, crc_after, length), length)
+        self.size += length
+        self.joined = False
 
     def offer(self, topic: str, seq: int, payload: bytes) -> bool:
         """Queue ``payload``; return True if it replaced an undelivered one (conflation)."""
@@ -276,7 +334,7 @@ class Connection:
         if not self._pending:
             return b""
         data = b"".join(payload for _, payload in self._pending.values())
-        self.delivered += len(self._pending)
+        self.delivered += len(self._pending) - (HEARTBEAT in self._pending)
         self._pending.clear()
         return data
 
@@ -308,11 +366,11 @@ class Connection:
                 # the server keeps the last thing yielded referenced for as long as the
                 # stream lasts, and the snapshot is kilobytes. It follows directly.
                 with self._write_deadline():
-                    yield hello
-                self._write_directly()
+                    yield self._start(hello)
+                if self._write_directly():
+                    self._finish_directly()
             else:
-                first = hello + self._take_snapshot() + (self.take() or b"")
-                yield from self._yield_batches(first)
+                yield from self._yield_batches(hello)
         except _Stalled:
             self._drop_stalled()
         except OSError:
@@ -320,23 +378,60 @@ class Connection:
         finally:
             self._release()
 
-    def _take_snapshot(self) -> bytes:
-        data, self.snapshot = self.snapshot, b""
-        self.delivered += self.snapshot_events
-        return data
+    # What this viewer gets on its own (not its audience's bytes): its first bytes, its
+    # snapshot, what its mailbox caught up. With gzip, each is compressed on its own, so
+    # it can follow any flushed piece of the stream.
 
-    def _write_directly(self) -> None:
-        heartbeat = self.rules.heartbeat
-        framed = chunk(heartbeat) if self.chunked else heartbeat
-        next_heartbeat = time.monotonic() + self.rules.heartbeat_s
+    def _start(self, hello: bytes) -> bytes:
+        if not self.gzip:
+            return hello
+        self.crc, self.size = zlib.crc32(hello), len(hello)
+        return compression.HEADER + _compressed_hello(hello)
+
+    def _own(self, data: bytes) -> bytes:
+        if not self.gzip:
+            return data
+        self.crc = zlib.crc32(data, self.crc)
+        self.size += len(data)
+        return compression.standalone(data)
+
+    def _own_snapshot(self) -> bytes:
+        snapshot, self.snapshot = self.snapshot, None
+        self.delivered += snapshot.events  # type: ignore[union-attr]
+        if not self.gzip:
+            return snapshot.data  # type: ignore[union-attr]
+        self.crc = zlib.crc32(snapshot.data, self.crc)  # type: ignore[union-attr]
+        self.size += len(snapshot.data)  # type: ignore[union-attr]
+        return snapshot.gzip()  # type: ignore[union-attr]
+
+    def _ending(self) -> bytes:
+        """What a stream that ends cleanly ends with: the gzip trailer (if compressed)."""
+        if not self.gzip:
+            return b""
+        if self.joined:
+            self._leave(self.deflate.crc, self.deflate.size)  # type: ignore[union-attr]
+        return compression.trailer(self.crc, self.size)
+
+    # The direct path.
+
+    def _write_directly(self) -> bool:
+        """Catch up, then sleep while the fan-out writes; return True if the stream ended
+        cleanly (not with an error), so that it may be ended properly."""
         while self._catch_up():
-            self._wake.wait(max(0.0, next_heartbeat - time.monotonic()))
+            self._wake.wait()
             self._wake.clear()
             if self.ended:
-                return
-            if time.monotonic() >= next_heartbeat:
-                self.deliver([], heartbeat, framed)
-                next_heartbeat = time.monotonic() + self.rules.heartbeat_s
+                return True
+        return self.ended
+
+    def _finish_directly(self) -> None:
+        self.direct = False  # the fan-out writes no more
+        ending = self._ending()
+        if self.backlog:  # a chunk cut in half must be finished first
+            rest, self.backlog = self.backlog, b""
+            self._send(rest, frame=False)
+        if ending:
+            self._send(ending, frame=True)
 
     def _catch_up(self) -> bool:
         """Write what the fan-out could not, cooperatively; then let the fan-out write again.
@@ -344,9 +439,9 @@ class Connection:
         Returns False once the stream ended. While this waits on the socket the viewer is
         not ``direct``, so new frames only conflate into its mailbox.
         """
-        while self.snapshot or self.backlog or self._pending:
-            if self.snapshot:
-                self._send(self._take_snapshot(), frame=True)
+        while self.snapshot is not None or self.backlog or self._pending:
+            if self.snapshot is not None:
+                self._send(self._own_snapshot(), frame=True)
             if self.backlog:
                 rest, self.backlog = self.backlog, b""
                 self._send(rest, frame=False)
@@ -354,10 +449,10 @@ class Connection:
             if data is None:
                 return False
             if data:
-                self._send(data, frame=True)
+                self._send(self._own(data), frame=True)
         if self.ended:
             return False
-        self.direct = True
+        self.direct = True  # with gzip, it joins its audience at the next epoch's end
         return True
 
     def _send(self, data: bytes, frame: bool) -> None:
@@ -367,27 +462,24 @@ class Connection:
             self.sock.sendall(data)  # type: ignore[union-attr]
         self.sent_bytes += len(data)
 
-    def _yield_batches(self, first: bytes) -> Iterator[bytes]:
-        """The plain path: one yield per batch; the server resumes us once it is written."""
-        data = first
-        next_heartbeat = time.monotonic() + self.rules.heartbeat_s
-        while True:
-            if data:
-                self.sent_bytes += len(data)
-                with self._write_deadline():
-                    yield data
-            wait = max(0.0, next_heartbeat - time.monotonic())
+    # The plain path.
+
+    def _yield_batches(self, hello: bytes) -> Iterator[bytes]:
+        """One yield per batch; the server resumes us once it is written."""
+        data = self._start(hello) + self._own_snapshot() + self._own(self.take() or b"")
+        while data is not None:
+            self.sent_bytes += len(data)
+            with self._write_deadline():
+                yield data
             if not self._pending and not self.ended:
-                self._wake.wait(wait)
+                self._wake.wait()
             self._wake.clear()
-            data = self.take()
-            if (
-                data is None
-            ):  # ended: the client hung up, or the process is shutting down
-                return
-            if time.monotonic() >= next_heartbeat:
-                data += self.rules.heartbeat
-                next_heartbeat = time.monotonic() + self.rules.heartbeat_s
+            batch = self.take()
+            # None: ended (the client hung up, or the process is shutting down).
+            data = self._own(batch) if batch is not None else None
+        ending = self._ending()
+        if ending:
+            yield ending
 
     @contextmanager
     def _write_deadline(self) -> Iterator[None]:
@@ -474,10 +566,19 @@ class Connection:
             )
 
 
-def _sse_response(body: Iterator[bytes] | Connection) -> Response:
+@functools.lru_cache(maxsize=4)
+def _compressed_hello(hello: bytes) -> bytes:
+    """The hello compressed on its own: the same for every stream of a process."""
+    return compression.standalone(hello)
+
+
+def _sse_response(body: Iterator[bytes] | Connection, gzip: bool = False) -> Response:
     # direct_passthrough: the server gets our body as it is, without Werkzeug's wrappers.
     response = Response(body, mimetype="text/event-stream", direct_passthrough=True)
     response.headers["Cache-Control"] = "no-cache"
+    response.headers["Vary"] = "Accept-Encoding"
+    if gzip:
+        response.headers["Content-Encoding"] = "gzip"
     # nginx (and routers built on it) buffer responses unless told not to.
     response.headers["X-Accel-Buffering"] = "no"
     return response

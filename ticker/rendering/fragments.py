@@ -24,6 +24,7 @@ BROADCAST = "broadcast"  # the admin message (every stream)
 MARKET = "market"  # the market summary (the table's stream)
 NEWS = "news"  # the news strip (the table's stream)
 CHART = "chart"  # a symbol's chart (its own stream)
+HEARTBEAT = "heartbeat"  # the live marker, every HEARTBEAT_S (every stream)
 
 
 class Fragments:

@@ -1,6 +1,8 @@
 """The SSE routes: one symbol's stream, and many symbols over one connection.
 
-Each route validates its input and names its topics; a
+Each route validates its input, names its topics and says whether the client takes gzip
+(``Accept-Encoding``, q-values honoured: ``identity;q=1, *;q=0`` or none at all means a
+plain stream); a
 :class:`~ticker.delivery.connection.Connection` does everything after that.
 """
 
@@ -29,6 +31,8 @@ def _open(route: str, topics: tuple[str, ...]) -> Response:
             request.environ, parse_trusted(service.settings.forwarded_allow_ips)
         ),
         validation.max_s(request.args.get("max_s")),
+        gzip=bool(service.settings.compress_streams)
+        and request.accept_encodings["gzip"] > 0,
     )
 
 
