@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support import Server  # noqa: E402  (the tests' way of starting the app)
+from support import Server  # the tests' way of starting the app
 
-from ticker.delivery import compression  # noqa: E402
+from ticker.delivery import compression
 
 ENV = {
     "TICKER_SYMBOLS": "10",
@@ -120,7 +120,10 @@ def main() -> None:
     ]
     chosen = (compression.LEVEL, compression.WBITS, compression.EPOCH_FRAMES)
     commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     doc = {
         "command": "python3 bench/compression.py --seconds %g" % args.seconds,
