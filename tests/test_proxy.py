@@ -46,7 +46,7 @@ SAMPLE = ROOT / "docs" / "nginx.conf"
 # Stands in for nginx's 60 s proxy_read_timeout (and a PaaS router's idle timeout).
 READ_TIMEOUT_S = 3
 # Ticks arrive promptly if their median delay (the app's tick to the viewer) is under
-# PROMPT_S and nine in ten are under HELD_S. On an idle machine the median is about 50 ms
+# PROMPT_S and nine in ten are under HELD_S. On an idle machine the median is 60-80 ms
 # (frames go out every 100 ms); these bounds leave a loaded machine room and still fail a
 # proxy that holds ticks until its buffer fills (the contrast's 64 KB: seconds, or all of
 # the watch).
@@ -61,8 +61,9 @@ PROXY_ADDS_S = 0.1
 # how long it may take to read them on a loaded machine.
 PROMPT_TICKS = 10
 PROMPT_DEADLINE_S = 10.0
-# How long the contrast (nginx told to ignore the header) watches: less than the ~2.4 s
-# its 64 KB buffer takes to fill, so a holding proxy delivers nothing at all.
+# How long the contrast (nginx told to ignore the header) watches: less than its 64 KB
+# buffer takes to fill (its first event came after 5.8 s: bench/results/reliability-*.json),
+# so a holding proxy delivers nothing at all.
 WATCH_S = 2.0
 # The snapshot is the first write: it gets through this soon, or it was held.
 SNAPSHOT_S = 2.0
