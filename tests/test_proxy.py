@@ -409,7 +409,7 @@ def test_stream_headers_survive_the_proxy_and_gzip_leaves_the_stream_alone(
         assert client.headers["Content-Type"] == "text/event-stream; charset=utf-8"
         assert client.headers["Cache-Control"] == "no-cache"
         assert "Content-Encoding" not in client.headers, dict(client.headers)
-        client.events_until(lambda ev: any(e.event == symbol for e in ev), timeout=2)
+        client.events_until(lambda ev: any(e.event == symbol for e in ev), timeout=10)
     # The same holds with gzip asked for: events still arrive at once.
     path = f"/stream/{symbol}"
     w, direct = watch_beside_the_app(
@@ -446,7 +446,7 @@ def test_the_sample_config_gives_the_app_the_viewers_address_not_a_spoofed_one(
     with SSEClient(
         proxy.base, f"/stream/{symbol}", headers={"X-Forwarded-For": spoofed}
     ) as client:
-        client.events_until(lambda ev: any(e.event == symbol for e in ev), timeout=2)
+        client.events_until(lambda ev: any(e.event == symbol for e in ev), timeout=10)
     opened = [
         line
         for line in app.log_path.read_text(errors="replace")[len(before) :].splitlines()
