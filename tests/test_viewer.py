@@ -598,6 +598,26 @@ def test_live_marker_says_live_and_every_heartbeat_resets_it(gunicorn, open_page
 MARKER_WIDTH_JS = """() => document.querySelector('#market-summary .live')
     .getBoundingClientRect().width"""
 
+# The header marker's width in the first styled frame in which it says "Live", and again in
+# the first frame in which it says "Stale": installed before the page loads, so the live
+# width is taken however long the page takes to load on a busy machine (the marker is live
+# for only STALE_AFTER_S after its first frame).
+MARKER_WIDTHS_JS = """() => {
+    const widths = window.__markerWidths = {live: null, stale: null};
+    const look = () => {
+        const marker = document.querySelector('#market-summary .live');
+        if (marker && getComputedStyle(marker).display.endsWith('grid')) {
+            const on = marker.querySelector('.live-on');
+            const live = getComputedStyle(on).visibility === 'visible';
+            const width = marker.getBoundingClientRect().width;
+            if (live && widths.live === null) widths.live = width;
+            if (!live) { widths.stale = width; return; }
+        }
+        requestAnimationFrame(look);
+    };
+    requestAnimationFrame(look);
+}"""
+
 
 def test_the_live_marker_keeps_its_size_when_it_turns_stale(gunicorn, open_page):
     """A marker that changes size moves everything after it when the stream stalls.
@@ -606,12 +626,15 @@ def test_the_live_marker_keeps_its_size_when_it_turns_stale(gunicorn, open_page)
     own, STALE_AFTER_S after the page loads: no server needs to be stopped for this.
     """
     page, watch = open_page(gunicorn)
+    page.context.add_init_script(f"({MARKER_WIDTHS_JS})()")
     page.goto("/?streams=per-symbol")
-    expect_live(page, "#market-summary", timeout=1_000)
-    live = page.evaluate(MARKER_WIDTH_JS)
     expect_stale(page, "#market-summary", timeout=STALE_WAIT_MS)
-    stale = page.evaluate(MARKER_WIDTH_JS)
+    page.wait_for_function("() => window.__markerWidths.stale !== null")
+    widths = page.evaluate("() => window.__markerWidths")
+    assert widths["live"] is not None, f"never seen live: {widths}"
+    assert page.evaluate(MARKER_WIDTH_JS) == widths["stale"]
     assert watch.errors == []
+    live, stale = widths["live"], widths["stale"]
     assert stale == live, f"the marker is {live:.1f}px wide live, {stale:.1f}px stale"
 
 
