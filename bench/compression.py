@@ -124,9 +124,10 @@ def main() -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
+        check=False,
     ).stdout.strip()
     doc = {
-        "command": "python3 bench/compression.py --seconds %g" % args.seconds,
+        "command": f"python3 bench/compression.py --seconds {args.seconds:g}",
         "commit": commit,
         "frames": len(frames),
         "frame_bytes_mean": round(sum(map(len, frames)) / len(frames)),

@@ -51,6 +51,13 @@ SYMBOL = re.compile(r"[A-Za-z]{2,5}")
 # What gunicorn refuses in a header value (RFC 9110 5.5): answered 400 before the app runs.
 BAD_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 GET_ALLOWED = frozenset({"GET", "HEAD", "OPTIONS"})
+# The observer's gaps between events over the whole module (hundreds of them: 12 symbols
+# tick every 0.2 s, framed every 100 ms, heartbeats every 0.5 s). Nine in ten must be under
+# a heartbeat; none may reach OBSERVER_STALL_S (ten heartbeats), which an input that blocked
+# the worker for seconds would (one that killed it would end the stream). The single worst
+# gap says more about the machine's load at one moment than about the app, hence the room.
+OBSERVER_STALL_S = 5.0
+OBSERVER_READ_TIMEOUT_S = 15.0
 POST_ALLOWED = frozenset({"POST", "OPTIONS"})
 
 PROPERTY = settings(
@@ -74,7 +81,8 @@ class Observer:
     """An SSE viewer of the whole market, read by a thread for the life of the module."""
 
     def __init__(self, base: str) -> None:
-        self.client = SSEClient(base, "/stream", timeout=5.0)
+        # Generous: a stall the final test should report as a gap, not as a broken read.
+        self.client = SSEClient(base, "/stream", timeout=OBSERVER_READ_TIMEOUT_S)
         self.received: list[tuple[float, object]] = []  # (monotonic time, Event)
         self.error: BaseException | None = None
         self._stop = threading.Event()
@@ -109,7 +117,7 @@ class Observer:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=6.0)  # events arrive at least every heartbeat
+        self._thread.join(timeout=OBSERVER_READ_TIMEOUT_S + 1)
         self.client.response.close()
         self.client.close()
 
@@ -1076,7 +1084,9 @@ def test_none_of_it_disturbed_the_observer_stream_nor_leaked_a_stream(server, ob
     times = [t for t, _ in list(observer.received)]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     heartbeat = float(TEST_ENV["HEARTBEAT_S"])
-    assert max(gaps) < 5 * heartbeat, (
+    p90 = sorted(gaps)[int(0.9 * len(gaps))]
+    assert p90 < heartbeat, f"the observer's events came {p90:.2f}s apart (p90)"
+    assert max(gaps) < OBSERVER_STALL_S, (
         f"the observer waited {max(gaps):.1f}s for an event"
     )
 

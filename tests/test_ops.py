@@ -202,7 +202,9 @@ def test_a_stream_logs_one_open_and_one_close_line_with_how_long_it_lasted(quiet
         "symbol",
         "0",
     )
-    assert 0.4 <= float(close["duration_s"]) <= held + 1
+    # The stream's real length in seconds: at least what was read, and not minutes (a
+    # unit slip) or the noticing of the close much later; a busy machine adds seconds.
+    assert 0.4 <= float(close["duration_s"]) <= held + 5
     assert int(close["events"]) >= len(counted(read))
     assert int(close["bytes"]) > 0
 

@@ -35,6 +35,18 @@ def test_ci_runs_the_readme_test_command_and_fails_on_no_tests():
     assert '"$status" -eq 5' in ci
 
 
+def test_ci_sets_ci_true_itself_before_running_anything():
+    """A run of .ci/run by hand is the same strict run CI makes: missing parts fail."""
+    lines = [
+        line.strip()
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert "export CI=true" in lines
+    first_command = next(i for i, line in enumerate(lines) if "pytest" in line)
+    assert lines.index("export CI=true") < first_command
+
+
 def test_top_level_layout_is_the_agreed_one():
     required = {
         "app.py",

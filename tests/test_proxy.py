@@ -45,10 +45,28 @@ SAMPLE = ROOT / "docs" / "nginx.conf"
 
 # Stands in for nginx's 60 s proxy_read_timeout (and a PaaS router's idle timeout).
 READ_TIMEOUT_S = 3
-# A tick counts as prompt if it reaches the viewer this soon after the app made it.
-PROMPT_S = 0.25
-# How long each test watches a ticking stream (TICKER_INTERVAL=0.2: about 10 ticks).
+# Ticks arrive promptly if their median delay (the app's tick to the viewer) is under
+# PROMPT_S and nine in ten are under HELD_S. On an idle machine the median is 60-80 ms
+# (frames go out every 100 ms); these bounds leave a loaded machine room and still fail a
+# proxy that holds ticks until its buffer fills (the contrast's 64 KB: seconds, or all of
+# the watch).
+PROMPT_S = 0.5
+HELD_S = 1.0
+# The sharp test: the same stream read from the app directly at the same time, tick by
+# tick, so a loaded machine delays both alike. nginx passing events straight through adds
+# about a millisecond; with the app's header gone, the bare proxy_pass added a median of
+# about 260 ms (its default 4 KB buffers fill on every few ticks of a symbol stream).
+PROXY_ADDS_S = 0.1
+# How many ticks a promptness check reads (TICKER_INTERVAL=0.2: about 2 s of them), and
+# how long it may take to read them on a loaded machine.
+PROMPT_TICKS = 10
+PROMPT_DEADLINE_S = 10.0
+# How long the contrast (nginx told to ignore the header) watches: less than its 64 KB
+# buffer takes to fill (its first event came after 5.8 s: bench/results/reliability-*.json),
+# so a holding proxy delivers nothing at all.
 WATCH_S = 2.0
+# The snapshot is the first write: it gets through this soon, or it was held.
+SNAPSHOT_S = 2.0
 # A market that never ticks in practice: each symbol's first tick falls at a random point
 # of its first interval, so the chance of one during a test is about 1 in 10**8.
 NO_TICKS = {"TICKER_SYMBOLS": "1", "TICKER_INTERVAL": "1e9", "TICKER_NEWS_S": "0"}
@@ -206,8 +224,11 @@ def tick_time(event: Event) -> float:
     return int(re.search(r'data-ts="(\d+)"', event.data).group(1)) / 1000
 
 
-def watch(base: str, path: str, seconds: float, **headers: str) -> Watched:
-    """Read ``base + path`` for ``seconds`` at most, stamping each event as it arrives.
+def watch(
+    base: str, path: str, seconds: float, ticks: int | None = None, **headers: str
+) -> Watched:
+    """Read ``base + path`` for ``seconds`` at most, stamping each event as it arrives;
+    with ``ticks``, stop as soon as that many quotes followed the snapshot.
 
     Every read has a socket timeout of the time left, so this never waits longer; a stream
     that ends earlier (the server or a proxy closed it) stops the watch at once.
@@ -230,7 +251,47 @@ def watch(base: str, path: str, seconds: float, **headers: str) -> Watched:
             except (EOFError, http.client.IncompleteRead, ConnectionError):
                 return Watched(opened_at, events, time.time() - opened_at)
             events.append((time.time(), event))
+            if ticks is not None and sum(is_quote(e) for _, e in events) > ticks:
+                break
     return Watched(opened_at, events, None)
+
+
+def added_by_proxy(proxied: Watched, direct: Watched) -> list[float]:
+    """For every tick both streams delivered: how much later it came through the proxy."""
+    arrived = {e.id: t for t, e in direct.quotes[1:]}
+    return [t - arrived[e.id] for t, e in proxied.quotes[1:] if e.id in arrived]
+
+
+def watch_beside_the_app(
+    app: Server, base: str, path: str, app_path: str, **headers: str
+) -> tuple[Watched, Watched]:
+    """Read ``base + path`` (through nginx) and ``app_path`` from the app itself at once."""
+    with ThreadPoolExecutor(2) as pool:
+        runs = [
+            pool.submit(watch, b, p, PROMPT_DEADLINE_S, ticks=PROMPT_TICKS, **headers)
+            for b, p in ((base, path), (app.base, app_path))
+        ]
+        proxied, direct = (r.result() for r in runs)
+    return proxied, direct
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The value that ``fraction`` of ``values`` do not exceed (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def prompt(delays: list[float]) -> bool:
+    """Ticks came, their median delay under PROMPT_S and their p90 under HELD_S."""
+    return (
+        bool(delays)
+        and percentile(delays, 0.5) < PROMPT_S
+        and percentile(delays, 0.9) < HELD_S
+    )
+
+
+def ms(seconds: list[float]) -> str:
+    return "[" + ", ".join(f"{s * 1000:.0f}" for s in seconds) + "]"
 
 
 def summary(w: Watched) -> str:
@@ -318,23 +379,27 @@ def quiet_run(nginx_binary, tmp_path_factory) -> QuietRun:
 
 @pytest.mark.parametrize("route", ["sample_config", "bare_proxy_pass"])
 def test_events_arrive_promptly_through_nginx_with_default_buffering(
-    proxy, symbol, route
+    app, proxy, symbol, route
 ):
     base, path = {
         "sample_config": (proxy.base, f"/stream/{symbol}"),
         "bare_proxy_pass": (proxy.bare_base, f"/honoured/stream/{symbol}"),
     }[route]
-    w = watch(base, path, WATCH_S)
-    print(f"\n{route}: {summary(w)}")
+    w, direct = watch_beside_the_app(app, base, path, f"/stream/{symbol}")
+    added = added_by_proxy(w, direct)
+    print(f"\n{route}: {summary(w)}; added by nginx (ms): {ms(added)}")
     assert w.ended_after is None, summary(w)
-    assert w.snapshot_after() is not None and w.snapshot_after() < 1.0, summary(w)
+    first = w.snapshot_after()
+    assert first is not None and first < SNAPSHOT_S, summary(w)
     delays = w.tick_delays()
-    assert len(delays) >= 5, f"too few ticks in {WATCH_S}s: {summary(w)}"
-    assert max(delays) < PROMPT_S, f"a tick was held up: {summary(w)}"
+    assert len(delays) >= PROMPT_TICKS, f"too few ticks: {summary(w)}"
+    assert prompt(delays), f"ticks were held up: {summary(w)}"
+    assert len(added) >= PROMPT_TICKS // 2, (summary(w), summary(direct))
+    assert percentile(added, 0.5) < PROXY_ADDS_S, f"nginx held ticks: {ms(added)}"
 
 
 def test_stream_headers_survive_the_proxy_and_it_is_compressed_once_by_the_app(
-    proxy, symbol
+    app, proxy, symbol
 ):
     """The app compresses a stream once per audience; nginx must pass those bytes through
     (its own gzip would keep a compressor per response, and buffer), and they decode."""
@@ -347,11 +412,18 @@ def test_stream_headers_survive_the_proxy_and_it_is_compressed_once_by_the_app(
         assert client.headers["Cache-Control"] == "no-cache"
         assert client.headers["Content-Encoding"] == "gzip", dict(client.headers)
         assert "Accept-Encoding" in client.headers["Vary"]
-        client.events_until(lambda ev: any(e.event == symbol for e in ev), timeout=2)
+        client.events_until(lambda ev: any(e.event == symbol for e in ev), timeout=10)
         assert client.wire_bytes < client.decoded_bytes
     # The same holds with gzip asked for: events still arrive at once.
-    w = watch(proxy.base, f"/stream/{symbol}", 1.0, **{"Accept-Encoding": "gzip"})
-    assert w.tick_delays() and max(w.tick_delays()) < PROMPT_S, summary(w)
+    path = f"/stream/{symbol}"
+    w, direct = watch_beside_the_app(
+        app, proxy.base, path, path, **{"Accept-Encoding": "gzip"}
+    )
+    assert len(w.tick_delays()) >= PROMPT_TICKS, summary(w)
+    assert prompt(w.tick_delays()), summary(w)
+    added = added_by_proxy(w, direct)
+    assert len(added) >= PROMPT_TICKS // 2, (summary(w), summary(direct))
+    assert percentile(added, 0.5) < PROXY_ADDS_S, f"nginx held ticks: {ms(added)}"
 
 
 def test_without_the_apps_header_nginx_would_hold_events_in_its_buffer(proxy, symbol):
@@ -359,9 +431,8 @@ def test_without_the_apps_header_nginx_would_hold_events_in_its_buffer(proxy, sy
     told to ignore ``X-Accel-Buffering``, holds events until its buffer fills."""
     w = watch(proxy.bare_base, f"/ignored/stream/{symbol}", WATCH_S)
     print(f"\nheader ignored: {summary(w)}")
-    delays = w.tick_delays()
-    held = not delays or max(delays) >= PROMPT_S + 0.05
-    assert held, (
+    # The verdict the prompt test gives, turned the other way: here it must fail.
+    assert not prompt(w.tick_delays()), (
         f"nginx did not buffer, so the prompt test proves nothing: {summary(w)}"
     )
     first = w.snapshot_after()
@@ -379,7 +450,7 @@ def test_the_sample_config_gives_the_app_the_viewers_address_not_a_spoofed_one(
     with SSEClient(
         proxy.base, f"/stream/{symbol}", headers={"X-Forwarded-For": spoofed}
     ) as client:
-        client.events_until(lambda ev: any(e.event == symbol for e in ev), timeout=2)
+        client.events_until(lambda ev: any(e.event == symbol for e in ev), timeout=10)
     opened = [
         line
         for line in app.log_path.read_text(errors="replace")[len(before) :].splitlines()
@@ -400,9 +471,12 @@ def test_a_tickless_stream_stays_open_through_nginx_for_3x_its_read_timeout_on_h
     assert w.ended_after is None, f"nginx cut the stream: {summary(w)}"
     assert len(w.quotes) == 1, "only the snapshot: this market must not tick"
     beats = w.heartbeats
-    assert len(beats) >= 3 * READ_TIMEOUT_S / 0.5 * 0.8, summary(w)
+    # Every 0.5 s, so about 18 in the watch; half of them is still "regularly".
+    assert len(beats) >= 3 * READ_TIMEOUT_S / 0.5 * 0.5, summary(w)
     gaps = [b - a for a, b in pairwise([w.opened_at, *beats])]
-    assert max(gaps) < 1.5, f"heartbeats every 0.5 s, yet a gap of {max(gaps):.2f}s"
+    assert percentile(gaps, 0.5) < 1.0, f"heartbeats every 0.5 s, yet gaps {gaps}"
+    # The gap that matters is the one nginx acts on: none came near its read timeout.
+    assert max(gaps) < READ_TIMEOUT_S, f"a gap of {max(gaps):.2f}s: {gaps}"
     assert "upstream timed out" not in quiet_run.with_heartbeats_log
 
 
@@ -413,7 +487,9 @@ def test_without_heartbeats_nginx_cuts_a_tickless_stream_at_its_read_timeout(
     print(f"\nwithout heartbeats: {summary(w)}")
     assert len(w.quotes) == 1 and not w.heartbeats, summary(w)
     assert w.ended_after is not None, f"the stream was not cut: {summary(w)}"
-    assert READ_TIMEOUT_S - 0.2 <= w.ended_after <= READ_TIMEOUT_S + 1.5, summary(w)
+    # Cut by the read timeout: not before it, and well before twice it (nginx's timer
+    # may fire late on a busy machine, never early).
+    assert READ_TIMEOUT_S - 0.2 <= w.ended_after < 2 * READ_TIMEOUT_S, summary(w)
     assert "upstream timed out" in quiet_run.without_heartbeats_log
 
 

@@ -6,8 +6,9 @@ and new ones that git does not ignore; never ``.venv``) go to a temporary direct
 the learner's command runs as written, ``python -m pytest tests -m exercise_N``, and must
 fail (exit 1, not "no tests" or a crash) with the check's hint for the learner. In the
 other, ``docs/workshop/solutions/exercise_N.patch`` is applied with ``git apply`` and the
-same command must pass. The fourteen runs go four at a time, so this takes about as long as
-the slowest few of them.
+same command must pass. The fourteen runs go one at a time: each is a pytest of its own with
+servers and a browser, and CI has two cores, so running them side by side only made them
+race each other (and the rest of the machine) for the same cores.
 
 The checks use the system parts the rest of the suite uses (Chromium, nginx, Redis, gcc);
 where one is missing, the exercises that need it skip here, except on CI (``CI=true``). So
@@ -32,7 +33,7 @@ from support import ROOT
 SOLUTIONS = ROOT / "docs" / "workshop" / "solutions"
 WORKSHOP = ROOT / "docs" / "workshop.md"
 CHECK_TIMEOUT_S = 240
-PARALLEL = 4
+PARALLEL = 1  # nested pytest runs at once; see the module's docstring
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ def run_check(
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Iterator[dict[tuple[int, bool], Future]]:
-    """Every check on the starter and with its solution, started at once, four at a time."""
+    """Every check on the starter and with its solution, queued and run PARALLEL at a time."""
     if not (ROOT / ".git").exists():
         not_here("not a git checkout: the proof copies the files git lists")
     pool = ThreadPoolExecutor(PARALLEL)
