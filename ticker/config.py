@@ -45,8 +45,8 @@ class Settings:
     # Ticks are gathered for this long and fanned out together, one write per viewer per
     # frame. Longer frames cost less CPU per viewer and add up to that much latency.
     frame_ms: int = 100
-    # Not part of the public contract: how long a browser waits before reconnecting (SSE
-    # ``retry:``), in milliseconds. One second keeps a redeploy short for viewers.
+    # How long a browser waits before reconnecting (SSE ``retry:``), in milliseconds. One
+    # second keeps a redeploy short for viewers.
     retry_ms: int = 1000
 
     def __post_init__(self) -> None:
