@@ -11,7 +11,15 @@ import threading
 import time
 
 import pytest
-from support import Server, SSEClient, quote_events, stalled_socket
+from support import (
+    Event,
+    Server,
+    SSEClient,
+    events,
+    logged_at_ms,
+    quote_events,
+    stalled_socket,
+)
 
 
 def reset(sock: socket.socket) -> None:
@@ -228,18 +236,50 @@ def test_churn_leaks_no_subscriptions_or_file_descriptors(make_server):
     assert open_fds(pid) <= baseline
 
 
-def test_feed_fault_restarts_the_feed_and_streams_keep_receiving(tmp_path):
+def tick_ms(event: Event) -> int:
+    """When the quote in ``event`` was ticked (its fragment's ``data-ts``, epoch ms)."""
+    return int(re.search(r'data-ts="(\d+)"', event.data).group(1))
+
+
+def test_feed_fault_restarts_the_feed_and_ticks_made_after_it_reach_open_streams(
+    tmp_path,
+):
     # What the restart leaves in /metrics and the log: tests/test_ops.py.
+    flag = tmp_path / "fault-now"
     server = Server(
         ["gunicorn", "--pythonpath", "tests", "faulty_app:app"],
         tmp_path / "faulty.log",
-        env={"FAULT_AT_TICK": "40"},
+        env={"FAULT_FLAG": str(flag)},
     ).start()
     try:
         with SSEClient(server.base, "/stream") as client:
-            server.wait_for(lambda h: h["feed"]["restarts"] == 1, "the feed to restart")
-            after = client.events_until(lambda ev: len([e for e in ev if e.id]) >= 30)
+            client.events_until(
+                lambda ev: len(quote_events(ev)) > 12
+            )  # past the snapshot
+            flag.touch()  # the next tick raises
+            before = client.events_until(
+                lambda ev: bool(events(server, 0, "feed.restart"))
+            )
+            (restart,) = events(server, 0, "feed.restart")
+            faulted_ms = logged_at_ms(restart)
+            seen = max(int(e.id) for e in before if e.id)
+            # Only ticks made after the fault count: not the snapshot, not what was
+            # already on its way when the feed crashed.
+            after = client.events_until(
+                lambda ev: (
+                    len(
+                        [
+                            e
+                            for e in quote_events(ev)
+                            if tick_ms(e) > faulted_ms and int(e.id) > seen
+                        ]
+                    )
+                    >= 24
+                ),
+                timeout=20,
+            )
         ids = [int(e.id) for e in after if e.id]
-        assert ids == sorted(ids)
+        assert ids == sorted(ids) and ids[0] > seen
+        assert server.get_json("/healthz")["feed"]["restarts"] == 1
     finally:
         server.stop()
