@@ -19,6 +19,7 @@ from support import (
     logged_at_ms,
     quote_events,
     stalled_socket,
+    wait_for_events,
 )
 
 
@@ -148,6 +149,62 @@ def test_a_viewer_whose_socket_stays_unwritable_is_dropped(make_server):
     finally:
         for sock in stalled:
             sock.close()
+
+
+def stall_bracket(server: Server, timeout: float) -> tuple[float, float, dict]:
+    """Watch one stalled viewer until it is dropped; return when its socket stopped
+    accepting, as two bounds in epoch ms, and the ``stream.drop`` record.
+
+    Updates wait in a viewer's mailbox only while its socket refuses them, so polling
+    /healthz brackets the stall: it began after the last poll that found none waiting was
+    sent, and before the first poll of the run that found some (until the drop) returned.
+    """
+    polls: list[tuple[float, float, bool]] = []  # (sent, returned, events waiting)
+    deadline = time.monotonic() + timeout
+    while not (drops := events(server, 0, "stream.drop")):
+        assert time.monotonic() < deadline, f"no stream.drop:\n{server.log()}"
+        sent = time.time() * 1000
+        streams = server.get_json("/healthz")["streams"]
+        if streams["total"]:
+            polls.append((sent, time.time() * 1000, streams["pending_events"] > 0))
+        time.sleep(0.02)
+    run = len(polls)
+    while run and polls[run - 1][2]:
+        run -= 1
+    assert 0 < run < len(polls), "the stall was not seen begin"
+    return polls[run - 1][0], polls[run][1], drops[0]
+
+
+@pytest.mark.parametrize("timeout_s", [1.0, 3.0])
+def test_a_stalled_viewer_is_dropped_write_timeout_s_after_its_socket_stopped_accepting(
+    make_server, timeout_s
+):
+    frame_ms = 100
+    server = make_server(
+        TICKER_INTERVAL="0.02",
+        TICKER_SYMBOLS="60",
+        HEARTBEAT_S="5",
+        FRAME_MS=str(frame_ms),
+        WRITE_TIMEOUT_S=str(timeout_s),
+    )
+    sock = stalled_socket(server)
+    try:
+        not_yet_ms, stalled_ms, drop = stall_bracket(server, timeout_s + 60)
+        (close,) = wait_for_events(server, 0, "stream.close")
+    finally:
+        sock.close()
+    dropped_ms = logged_at_ms(drop)
+    # Never before the timeout. A refused write reaches the mailbox at the next frame, so
+    # the stall may have begun up to one frame before the bracket; 1 ms is the log's clock.
+    assert dropped_ms - not_yet_ms >= timeout_s * 1000 - frame_ms - 1
+    # ... and not long after: the reaper looks every min(1, timeout / 2) s; 2 s is for a
+    # loaded machine. A timeout stuck at 30 s, or at the other value, fails one of these.
+    assert dropped_ms - stalled_ms <= (timeout_s + min(1.0, timeout_s / 2) + 2) * 1000
+    assert (drop["reason"], float(drop["timeout_s"])) == ("stalled", timeout_s)
+    assert logged_at_ms(close) >= dropped_ms
+    print(
+        "DBG", stalled_ms - not_yet_ms, dropped_ms - not_yet_ms, dropped_ms - stalled_ms
+    )
 
 
 def test_viewer_who_leaves_is_freed_at_once_even_when_nothing_is_written(make_server):
