@@ -323,9 +323,16 @@ class SSEClient:
         path: str,
         headers: dict[str, str] | None = None,
         timeout: float = 5.0,
+        source: str | None = None,
     ) -> None:
+        """``source``: the local address to connect from (another viewer, on loopback)."""
         host, port = base.removeprefix("http://").split(":")
-        self.conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+        self.conn = http.client.HTTPConnection(
+            host,
+            int(port),
+            timeout=timeout,
+            source_address=(source, 0) if source else None,
+        )
         self.conn.request(
             "GET", path, headers={"Accept": "text/event-stream", **(headers or {})}
         )
