@@ -19,7 +19,9 @@ import time
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self
 
@@ -199,6 +201,96 @@ class Server:
             time.sleep(0.05)
 
 
+# The start of every line: UTC time, level and pid, logger. Then the message.
+LINE = re.compile(
+    r"(?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) "
+    r"(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL) \[(?P<pid>\d+)\] (?P<logger>\S+) "
+    r"(?P<message>.*)"
+)
+# A key=value pair; a quoted value is a JSON string.
+QUOTED = r'"(?:[^"\\]|\\.)*"'
+FIELD = re.compile(rf"(\w+)=({QUOTED}|[^\s\"]*)(?=\s|$)")
+# A time the server wrote after the head (ISO, or gunicorn's and gevent's own formats).
+SECOND_TIME = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d|\d\d/\w{3}/\d{4}:\d\d")
+
+
+def records(text: str) -> list[dict[str, str]]:
+    """Every line of ``text`` as a record: the line's head and its message's fields.
+
+    Fails on a line that is not a whole record: one without the time-and-level head (a
+    traceback's line, say, or one forged by a client), or one with a second time of the
+    server's own (as gunicorn's and gevent's access lines have by default).
+    """
+    out = []
+    for line in text.splitlines():
+        head = LINE.fullmatch(line)
+        assert head, f"not a log record: {line!r}"
+        unquoted = re.sub(QUOTED, '""', head["message"])  # quoted text is the client's
+        assert not SECOND_TIME.search(unquoted), f"two times: {line!r}"
+        fields = {
+            key: json.loads(value) if value.startswith('"') else value
+            for key, value in FIELD.findall(head["message"])
+        }
+        out.append(
+            {
+                **fields,
+                "level": head["level"],
+                "logger": head["logger"],
+                "time": head["time"],
+            }
+        )
+    return out
+
+
+def logged(server: Server, since: int = 0) -> list[dict[str, str]]:
+    """The records the server logged after byte ``since`` of its log (whole lines only:
+    the server may be writing the last one as we read)."""
+    text = server.log_path.read_bytes()[since:].decode(errors="replace")
+    return records(text[: text.rfind("\n") + 1])
+
+
+def events(server: Server, since: int, name: str) -> list[dict[str, str]]:
+    """The ``event=<name>`` records logged after byte ``since`` of the server's log."""
+    return [r for r in logged(server, since) if r.get("event") == name]
+
+
+def wait_for_events(
+    server: Server, since: int, name: str, count: int = 1, timeout: float = 10.0
+) -> list[dict[str, str]]:
+    """Poll the log until ``count`` ``event=<name>`` records follow byte ``since``."""
+    deadline = time.monotonic() + timeout
+    while len(found := events(server, since, name)) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(found)} event={name} lines:\n{server.log()}")
+        time.sleep(0.05)
+    return found
+
+
+def log_size(server: Server) -> int:
+    return server.log_path.stat().st_size
+
+
+def wait_for_metrics(
+    server: Server,
+    predicate: Callable[[dict[str, float]], bool],
+    what: str,
+    timeout: float = 10.0,
+) -> dict[str, float]:
+    """Poll ``/metrics`` until ``predicate(samples)`` holds; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate(samples := server.metrics()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; last: {samples}")
+        time.sleep(0.05)
+    return samples
+
+
+def logged_at_ms(record: dict[str, str]) -> int:
+    """When the server logged ``record``: epoch milliseconds, like a quote's ``data-ts``."""
+    when = datetime.strptime(record["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
+    return round(when.replace(tzinfo=UTC).timestamp() * 1000)
+
+
 QUOTE_EVENT = re.compile(r"[A-Z]{2,5}")  # a quote's event is named after its symbol
 
 
@@ -237,9 +329,16 @@ class SSEClient:
         path: str,
         headers: dict[str, str] | None = None,
         timeout: float = 5.0,
+        source: str | None = None,
     ) -> None:
+        """``source``: the local address to connect from (another viewer, on loopback)."""
         host, port = base.removeprefix("http://").split(":")
-        self.conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+        self.conn = http.client.HTTPConnection(
+            host,
+            int(port),
+            timeout=timeout,
+            source_address=(source, 0) if source else None,
+        )
         self.conn.request(
             "GET", path, headers={"Accept": "text/event-stream", **(headers or {})}
         )

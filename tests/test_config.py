@@ -1,8 +1,10 @@
-"""Settings come from the environment, with defaults, and bad values are refused clearly."""
+"""Settings come from the environment, with defaults, and bad values are refused clearly;
+the README's settings table lists exactly the code's settings and defaults."""
 
 from __future__ import annotations
 
 import runpy
+from dataclasses import fields
 
 import pytest
 from support import ROOT
@@ -73,3 +75,43 @@ def test_several_workers_without_redis_run_one_worker_instead_of_two_markets(
     monkeypatch.setenv("WEB_CONCURRENCY", "3")
     monkeypatch.delenv("REDIS_URL", raising=False)
     assert runpy.run_path(str(ROOT / "gunicorn.conf.py"))["workers"] == 1
+
+
+def readme_settings() -> dict[str, str]:
+    """The README's ``## Settings`` table: each variable's default, as written."""
+    section = (ROOT / "README.md").read_text().split("\n## Settings\n", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    table = {}
+    for row in rows:
+        name, default = (cell.strip() for cell in row.strip("|").split("|")[:2])
+        table[name.strip("`")] = default.strip("`")
+    return table
+
+
+def normalised(default: object) -> object:
+    """``15``, ``15.0`` and 15 are one default; ``unset`` is the empty string."""
+    if default in ("", "unset"):
+        return ""
+    try:
+        return float(str(default).replace("_", "").replace(",", ""))
+    except ValueError:
+        return str(default)
+
+
+def test_readme_settings_table_lists_every_setting_and_nothing_else():
+    documented = set(readme_settings())
+    in_code = {field.name.upper() for field in fields(Settings)}
+    assert documented - in_code == set(), "documented but not a setting"
+    assert in_code - documented == set(), "a setting the README does not list"
+
+
+def test_readme_settings_table_gives_each_default_the_code_has():
+    table = readme_settings()
+    wrong = {
+        field.name.upper(): (table[field.name.upper()], field.default)
+        for field in fields(Settings)
+        if field.name.upper() in table
+        and normalised(table[field.name.upper()]) != normalised(field.default)
+    }
+    assert wrong == {}, "README default vs code default"

@@ -1,10 +1,15 @@
-"""Process lifecycle: importing does no work, the feed starts once, SIGTERM ends streams."""
+"""Process lifecycle: importing does no work, the feed starts once, SIGTERM ends streams
+at once (under gunicorn and ``python app.py``)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 
+import pytest
 from support import ROOT, Server, SSEClient
 
 from ticker import Settings, create_app, get_service
@@ -25,28 +30,37 @@ def test_importing_the_app_starts_nothing():
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
 
 
-def test_sigterm_ends_open_streams_cleanly_and_the_worker_exits_quickly(tmp_path):
-    server = Server.procfile(tmp_path / "gunicorn.log").start()
+@pytest.mark.parametrize("kind", ["procfile", "app_py"])
+def test_sigterm_ends_open_streams_at_once_and_the_server_exits_quickly(tmp_path, kind):
+    server = getattr(Server, kind)(tmp_path / f"{kind}.log").start()
     try:
         client = SSEClient(server.base, "/stream")
         client.next()
         server.wait_for(
             lambda h: h["streams"]["total"] == 1, "the stream to be counted"
         )
+        signalled = time.monotonic()
+        os.killpg(server.process.pid, signal.SIGTERM)
+        try:
+            while True:
+                client.next()  # heartbeats every 0.5 s until the stream ends
+        except EOFError:
+            pass  # the stream ended cleanly: the chunked body was terminated, not reset
+        ended = time.monotonic() - signalled
+        server.process.wait(15)
+        exit_seconds = time.monotonic() - signalled
     finally:
-        exit_seconds = server.stop()
-    # Streams end on shutdown and their connections close, so gunicorn neither sits out
-    # its graceful_timeout nor a keep-alive wait. A stream that ignored shutdown would keep
-    # the worker for all of graceful_timeout (10 s) and get it killed: exiting before then
-    # is the point, and leaves a loaded machine seconds to spare (it takes about 1-3 s).
+        server.stop()
+    # Streams end on shutdown, not when the server gives up waiting for them: a stream
+    # that ignored shutdown would last until gunicorn's graceful_timeout (10 s) or
+    # app.py's stop timeout (5 s). Ending takes about 0.1 s; 4 s leaves a loaded machine
+    # room while a broken app cannot pass ...
+    assert ended < 4, f"the stream ended {ended:.1f}s after SIGTERM:\n{server.log()}"
+    # ... and their connections close, so the server sits out no keep-alive wait, and a
+    # worker is never killed at the end of its graceful_timeout.
     assert exit_seconds < GRACEFUL_TIMEOUT_S, (
         f"took {exit_seconds:.1f}s to exit:\n{server.log()}"
     )
-    try:
-        while True:
-            client.next()
-    except EOFError:
-        pass  # the stream ended cleanly: the chunked body was terminated, not reset
     assert server.process.returncode == 0, server.log()
     assert "Worker graceful timeout" not in server.log()
 

@@ -5,96 +5,30 @@ The server is the Procfile's gunicorn on a loopback port; /metrics is read with
 prometheus_client's own parser, and the log file is parsed by the rules ``ticker/logfmt.py``
 writes it by. That updates conflated for a stalled viewer are counted is proven where stalled
 viewers are made already (``tests/test_reliability.py``); that every figure is on /metrics
-with its type and help, in ``tests/test_server.py``.
+with its type and help, in ``tests/test_server.py``. Every other figure and event of the
+README's tables has its own test here: the bus and leader gauges also with a Redis that
+cannot be reached, the tick age on a slow feed, published events on a feed that never ticks.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import time
-from collections.abc import Callable
 
 import pytest
-from support import Event, Server, SSEClient
-
-# The start of every line: UTC time, level and pid, logger. Then the message.
-LINE = re.compile(
-    r"(?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) "
-    r"(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL) \[(?P<pid>\d+)\] (?P<logger>\S+) "
-    r"(?P<message>.*)"
+from support import (
+    Event,
+    Server,
+    SSEClient,
+    events,
+    free_port,
+    log_size,
+    logged,
+    wait_for_events,
+    wait_for_metrics,
 )
-# A key=value pair; a quoted value is a JSON string.
-QUOTED = r'"(?:[^"\\]|\\.)*"'
-FIELD = re.compile(rf"(\w+)=({QUOTED}|[^\s\"]*)(?=\s|$)")
-# A time the server wrote after the head (ISO, or gunicorn's and gevent's own formats).
-SECOND_TIME = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d|\d\d/\w{3}/\d{4}:\d\d")
 
 OPEN = 'ticker_open_streams{route="%s"}'
-
-
-def records(text: str) -> list[dict[str, str]]:
-    """Every line of ``text`` as a record: the line's head and its message's fields.
-
-    Fails on a line that is not a whole record: one without the time-and-level head (a
-    traceback's line, say, or one forged by a client), or one with a second time of the
-    server's own (as gunicorn's and gevent's access lines have by default).
-    """
-    out = []
-    for line in text.splitlines():
-        head = LINE.fullmatch(line)
-        assert head, f"not a log record: {line!r}"
-        unquoted = re.sub(QUOTED, '""', head["message"])  # quoted text is the client's
-        assert not SECOND_TIME.search(unquoted), f"two times: {line!r}"
-        fields = {
-            key: json.loads(value) if value.startswith('"') else value
-            for key, value in FIELD.findall(head["message"])
-        }
-        out.append({**fields, "level": head["level"], "logger": head["logger"]})
-    return out
-
-
-def logged(server: Server, since: int = 0) -> list[dict[str, str]]:
-    """The records the server logged after byte ``since`` of its log (whole lines only:
-    the server may be writing the last one as we read)."""
-    text = server.log_path.read_bytes()[since:].decode(errors="replace")
-    return records(text[: text.rfind("\n") + 1])
-
-
-def events(server: Server, since: int, name: str) -> list[dict[str, str]]:
-    """The ``event=<name>`` records logged after byte ``since`` of the server's log."""
-    return [r for r in logged(server, since) if r.get("event") == name]
-
-
-def wait_for_events(
-    server: Server, since: int, name: str, count: int = 1, timeout: float = 10.0
-) -> list[dict[str, str]]:
-    """Poll the log until ``count`` ``event=<name>`` records follow byte ``since``."""
-    deadline = time.monotonic() + timeout
-    while len(found := events(server, since, name)) < count:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{len(found)} event={name} lines:\n{server.log()}")
-        time.sleep(0.05)
-    return found
-
-
-def log_size(server: Server) -> int:
-    return server.log_path.stat().st_size
-
-
-def wait_for_metrics(
-    server: Server,
-    predicate: Callable[[dict[str, float]], bool],
-    what: str,
-    timeout: float = 10.0,
-) -> dict[str, float]:
-    """Poll ``/metrics`` until ``predicate(samples)`` holds; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate(samples := server.metrics()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last: {samples}")
-        time.sleep(0.05)
-    return samples
 
 
 def counted(read: list[Event]) -> list[Event]:
@@ -188,7 +122,7 @@ def test_a_stream_logs_one_open_and_one_close_line_with_how_long_it_lasted(quiet
     held = time.monotonic() - opened
     (close,) = wait_for_events(quiet, since, "stream.close")
     (open_,) = events(quiet, since, "stream.open")
-    assert open_ == {
+    assert {k: v for k, v in open_.items() if k != "time"} == {
         "event": "stream.open",
         "client": "127.0.0.1",
         "route": "symbol",
@@ -279,3 +213,166 @@ def test_every_log_line_is_one_record_that_reads_back_what_clients_sent(server):
     assert bad["request"] == f"GET {forged} HTTP/1.1" and bad["agent"] == agent
     (broadcast,) = events(server, since, "broadcast")
     assert broadcast["message"] == message
+
+
+# --- Each remaining figure of the README's metrics table, and the shutdown line ----------
+
+QUIET = {"TICKER_INTERVAL": "1e9", "TICKER_NEWS_S": "0"}  # no ticks, no news
+
+
+@pytest.fixture(scope="module")
+def tickless(tmp_path_factory):
+    """A server whose feed never ticks: only a broadcast publishes anything."""
+    log_path = tmp_path_factory.mktemp("ops") / "tickless.log"
+    with Server.procfile(log_path, env=QUIET).start() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def slow_feed(tmp_path_factory):
+    """One symbol ticking every 1.5 s on average (0.75-2.25 s): gaps long enough to see."""
+    log_path = tmp_path_factory.mktemp("ops") / "slow.log"
+    env = {"TICKER_SYMBOLS": "1", "TICKER_INTERVAL": "1.5", "TICKER_NEWS_S": "0"}
+    with Server.procfile(log_path, env=env).start() as server:
+        yield server
+
+
+def broadcast(server: Server, message: str) -> None:
+    body = json.dumps({"message": message}).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": "Bearer test-admin-token",
+    }
+    assert server.request("/broadcast", "POST", body, headers)[0] == 202
+
+
+def test_events_published_grow_with_every_tick(quiet):
+    start = quiet.metrics()
+    now = wait_for_metrics(
+        quiet,
+        lambda s: s["ticker_ticks_total"] >= start["ticker_ticks_total"] + 20,
+        "ticks",
+    )
+    ticks = now["ticker_ticks_total"] - start["ticker_ticks_total"]
+    published = (
+        now["ticker_events_published_total"] - start["ticker_events_published_total"]
+    )
+    assert published >= ticks  # each tick is handed over (with its chart, the summary)
+
+
+def test_events_published_grow_by_one_for_a_broadcast_and_only_then(tickless):
+    start = tickless.metrics()["ticker_events_published_total"]
+    broadcast(tickless, "One")
+    assert tickless.metrics()["ticker_events_published_total"] == start + 1
+    broadcast(tickless, "Two")
+    samples = tickless.metrics()
+    assert samples["ticker_events_published_total"] == start + 2
+    assert samples["ticker_ticks_total"] == 0
+
+
+def test_bus_connected_and_feed_leader_are_1_for_a_process_that_runs_its_own_market(
+    quiet,
+):
+    samples = quiet.metrics()
+    health = quiet.get_json("/healthz")
+    assert (samples["ticker_bus_connected"], samples["ticker_feed_leader"]) == (1, 1)
+    assert health["bus"]["connected"] is True and health["bus"]["leader"] is True
+
+
+def test_bus_connected_and_feed_leader_are_0_while_redis_cannot_be_reached(tmp_path):
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    with Server.procfile(tmp_path / "no-redis.log", env={"REDIS_URL": nowhere}).start(
+        ready=lambda health: True
+    ) as server:
+        samples = server.metrics()
+        health = server.get_json("/healthz")
+    assert (samples["ticker_bus_connected"], samples["ticker_feed_leader"]) == (0, 0)
+    assert health["bus"]["connected"] is False and health["bus"]["leader"] is False
+    # Not the leader: this process's feed made nothing, so it has no tick to age.
+    assert samples["ticker_ticks_total"] == 0
+    assert "ticker_last_tick_age_seconds" not in samples
+
+
+def test_last_tick_age_is_absent_until_the_feed_has_ticked(tickless):
+    assert "ticker_last_tick_age_seconds" not in tickless.metrics()
+
+
+def test_last_tick_age_grows_between_ticks_and_falls_back_at_each_one(slow_feed):
+    grew = fell = False
+    last = None  # (ticks, age, when scraped)
+    deadline = time.monotonic() + 20
+    while not (grew and fell):
+        assert time.monotonic() < deadline, (grew, fell, last)
+        samples = slow_feed.metrics()
+        now = time.monotonic()
+        if "ticker_last_tick_age_seconds" in samples:
+            ticks, age = (
+                samples["ticker_ticks_total"],
+                samples["ticker_last_tick_age_seconds"],
+            )
+            assert 0 <= age < 10, age  # a symbol ticks at least every 2.25 s
+            if last is not None and ticks == last[0]:
+                # No tick in between: it aged by the time between the two scrapes
+                # (give or take how long each scrape took to be answered).
+                assert age > last[1]
+                grew |= abs((age - last[1]) - (now - last[2])) < 0.5
+            elif last is not None and ticks > last[0] and age < last[1]:
+                fell = True
+            last = (ticks, age, now)
+        time.sleep(0.1)
+
+
+def test_process_open_fds_rise_by_one_per_open_stream_and_fall_back(quiet):
+    before = quiet.metrics()["process_open_fds"]
+    addresses = ("203.0.113.7", "198.51.100.9", "192.0.2.44")  # under the client cap
+    clients = [
+        SSEClient(quiet.base, "/stream", {"X-Forwarded-For": a}) for a in addresses
+    ]
+    try:
+        assert [c.status for c in clients] == [200, 200, 200]
+        during = wait_for_metrics(
+            quiet, lambda s: s["process_open_fds"] >= before + 3, "a descriptor each"
+        )
+        assert during["process_open_fds"] <= during["process_max_fds"]
+    finally:
+        for client in clients:
+            client.close()
+    wait_for_metrics(
+        quiet, lambda s: s["process_open_fds"] <= before, "descriptors released"
+    )
+
+
+def test_process_memory_cpu_and_start_time_describe_the_serving_process(quiet):
+    first = quiet.metrics()
+    assert first["process_resident_memory_bytes"] > 10_000_000  # a Python with Flask
+    assert (
+        first["process_virtual_memory_bytes"] >= first["process_resident_memory_bytes"]
+    )
+    started = first["process_start_time_seconds"]
+    assert time.time() - 3600 < started <= time.time()
+    # The feed keeps the process busy: its CPU time moves on.
+    wait_for_metrics(
+        quiet,
+        lambda s: s["process_cpu_seconds_total"] > first["process_cpu_seconds_total"],
+        "CPU time to grow",
+    )
+
+
+@pytest.mark.parametrize("kind", ["procfile", "app_py"])
+def test_sigterm_logs_shutdown_with_the_number_of_streams_it_ended(tmp_path, kind):
+    server = getattr(Server, kind)(tmp_path / f"{kind}.log").start()
+    clients = []
+    try:
+        clients = [SSEClient(server.base, "/stream") for _ in range(3)]
+        for client in clients:
+            client.next()
+        server.wait_for(lambda h: h["streams"]["total"] == 3, "three open streams")
+        since = log_size(server)
+    finally:
+        server.stop()
+        for client in clients:
+            client.close()
+    (shutdown,) = events(server, since, "shutdown")
+    assert (shutdown["streams"], shutdown["level"]) == ("3", "INFO")
+    closes = events(server, since, "stream.close")
+    assert len(closes) == 3 and closes[-1]["open"] == "0"

@@ -444,11 +444,16 @@ def test_without_the_apps_header_nginx_would_hold_events_in_its_buffer(proxy, sy
 def test_the_sample_config_gives_the_app_the_viewers_address_not_a_spoofed_one(
     proxy, app, symbol
 ):
-    """nginx appends the peer to X-Forwarded-For and the app trusts only that last hop."""
+    """nginx appends the peer to X-Forwarded-For; the app takes the last hop that is not a
+    listed proxy: the viewer's. The viewer connects from 127.0.0.2, an address that is not
+    in FORWARDED_ALLOW_IPS, as a real viewer's is not (nginx itself is 127.0.0.1)."""
     spoofed = "203.0.113.66"
     before = app.log_path.read_text(errors="replace")
     with SSEClient(
-        proxy.base, f"/stream/{symbol}", headers={"X-Forwarded-For": spoofed}
+        proxy.base,
+        f"/stream/{symbol}",
+        headers={"X-Forwarded-For": spoofed},
+        source="127.0.0.2",
     ) as client:
         client.events_until(lambda ev: any(e.event == symbol for e in ev), timeout=10)
     opened = [
@@ -456,7 +461,7 @@ def test_the_sample_config_gives_the_app_the_viewers_address_not_a_spoofed_one(
         for line in app.log_path.read_text(errors="replace")[len(before) :].splitlines()
         if "event=stream.open " in line
     ]
-    assert opened and all("client=127.0.0.1 " in line for line in opened), opened
+    assert opened and all("client=127.0.0.2 " in line for line in opened), opened
     assert spoofed not in "\n".join(opened)
 
 

@@ -11,7 +11,16 @@ import threading
 import time
 
 import pytest
-from support import Server, SSEClient, quote_events, stalled_socket
+from support import (
+    Event,
+    Server,
+    SSEClient,
+    events,
+    logged_at_ms,
+    quote_events,
+    stalled_socket,
+    wait_for_events,
+)
 
 DEPARTURE_NOTICED_S = 30
 
@@ -144,6 +153,62 @@ def test_a_viewer_whose_socket_stays_unwritable_is_dropped(make_server):
             sock.close()
 
 
+def stall_bracket(server: Server, timeout: float) -> tuple[float, float, dict]:
+    """Watch one stalled viewer until it is dropped; return when its socket stopped
+    accepting, as two bounds in epoch ms, and the ``stream.drop`` record.
+
+    Updates wait in a viewer's mailbox only while its socket refuses them, so polling
+    /healthz brackets the stall: it began after the last poll that found none waiting was
+    sent, and before the first poll of the run that found some (until the drop) returned.
+    """
+    polls: list[tuple[float, float, bool]] = []  # (sent, returned, events waiting)
+    deadline = time.monotonic() + timeout
+    while not (drops := events(server, 0, "stream.drop")):
+        assert time.monotonic() < deadline, f"no stream.drop:\n{server.log()}"
+        sent = time.time() * 1000
+        streams = server.get_json("/healthz")["streams"]
+        if streams["total"]:
+            polls.append((sent, time.time() * 1000, streams["pending_events"] > 0))
+        time.sleep(0.02)
+    run = len(polls)
+    while run and polls[run - 1][2]:
+        run -= 1
+    assert 0 < run < len(polls), "the stall was not seen begin"
+    return polls[run - 1][0], polls[run][1], drops[0]
+
+
+@pytest.mark.parametrize("timeout_s", [1.0, 3.0])
+def test_a_stalled_viewer_is_dropped_write_timeout_s_after_its_socket_stopped_accepting(
+    make_server, timeout_s
+):
+    frame_ms = 100
+    server = make_server(
+        TICKER_INTERVAL="0.02",
+        TICKER_SYMBOLS="60",
+        HEARTBEAT_S="5",
+        FRAME_MS=str(frame_ms),
+        WRITE_TIMEOUT_S=str(timeout_s),
+    )
+    sock = stalled_socket(server)
+    try:
+        not_yet_ms, stalled_ms, drop = stall_bracket(server, timeout_s + 60)
+        (close,) = wait_for_events(server, 0, "stream.close")
+    finally:
+        sock.close()
+    dropped_ms = logged_at_ms(drop)
+    # Never before the timeout. A refused write reaches the mailbox at the next frame, so
+    # the stall may have begun up to one frame before the bracket; 1 ms is the log's clock.
+    assert dropped_ms - not_yet_ms >= timeout_s * 1000 - frame_ms - 1
+    # ... and not long after: the reaper looks every min(1, timeout / 2) s; 2 s is for a
+    # loaded machine. A timeout stuck at 30 s, or at the other value, fails one of these.
+    assert dropped_ms - stalled_ms <= (timeout_s + min(1.0, timeout_s / 2) + 2) * 1000
+    assert (drop["reason"], float(drop["timeout_s"])) == ("stalled", timeout_s)
+    assert logged_at_ms(close) >= dropped_ms
+    print(
+        "DBG", stalled_ms - not_yet_ms, dropped_ms - not_yet_ms, dropped_ms - stalled_ms
+    )
+
+
 def test_viewer_who_leaves_is_freed_at_once_even_when_nothing_is_written(make_server):
     # No ticks after the snapshot and no heartbeat for 10 minutes: only the hangup watch
     # can notice the departure.
@@ -235,18 +300,50 @@ def test_churn_leaks_no_subscriptions_or_file_descriptors(make_server):
     assert open_fds(pid) <= baseline
 
 
-def test_feed_fault_restarts_the_feed_and_streams_keep_receiving(tmp_path):
+def tick_ms(event: Event) -> int:
+    """When the quote in ``event`` was ticked (its fragment's ``data-ts``, epoch ms)."""
+    return int(re.search(r'data-ts="(\d+)"', event.data).group(1))
+
+
+def test_feed_fault_restarts_the_feed_and_ticks_made_after_it_reach_open_streams(
+    tmp_path,
+):
     # What the restart leaves in /metrics and the log: tests/test_ops.py.
+    flag = tmp_path / "fault-now"
     server = Server(
         ["gunicorn", "--pythonpath", "tests", "faulty_app:app"],
         tmp_path / "faulty.log",
-        env={"FAULT_AT_TICK": "40"},
+        env={"FAULT_FLAG": str(flag)},
     ).start()
     try:
         with SSEClient(server.base, "/stream") as client:
-            server.wait_for(lambda h: h["feed"]["restarts"] == 1, "the feed to restart")
-            after = client.events_until(lambda ev: len([e for e in ev if e.id]) >= 30)
+            client.events_until(
+                lambda ev: len(quote_events(ev)) > 12
+            )  # past the snapshot
+            flag.touch()  # the next tick raises
+            before = client.events_until(
+                lambda ev: bool(events(server, 0, "feed.restart"))
+            )
+            (restart,) = events(server, 0, "feed.restart")
+            faulted_ms = logged_at_ms(restart)
+            seen = max(int(e.id) for e in before if e.id)
+            # Only ticks made after the fault count: not the snapshot, not what was
+            # already on its way when the feed crashed.
+            after = client.events_until(
+                lambda ev: (
+                    len(
+                        [
+                            e
+                            for e in quote_events(ev)
+                            if tick_ms(e) > faulted_ms and int(e.id) > seen
+                        ]
+                    )
+                    >= 24
+                ),
+                timeout=20,
+            )
         ids = [int(e.id) for e in after if e.id]
-        assert ids == sorted(ids)
+        assert ids == sorted(ids) and ids[0] > seen
+        assert server.get_json("/healthz")["feed"]["restarts"] == 1
     finally:
         server.stop()

@@ -48,8 +48,8 @@ class Settings:
     # 1: a stream is sent gzip-compressed to a client whose Accept-Encoding allows it
     # (compressed once per audience, not once per viewer); 0: always plain.
     compress_streams: int = 1
-    # Not part of the public contract: how long a browser waits before reconnecting (SSE
-    # ``retry:``), in milliseconds. One second keeps a redeploy short for viewers.
+    # How long a browser waits before reconnecting (SSE ``retry:``), in milliseconds. One
+    # second keeps a redeploy short for viewers.
     retry_ms: int = 1000
 
     def __post_init__(self) -> None:

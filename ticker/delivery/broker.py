@@ -180,7 +180,8 @@ class Broker:
         self._latest: dict[str, tuple[int, bytes]] = {}
         self._version = 0  # bumped whenever a latest event changes: snapshots go stale
         self.conflated = 0  # updates replaced by a newer one before a viewer read them
-        self.published = 0
+        self.published = 0  # events handed to the broker (heartbeats in ``beats``)
+        self.beats = 0
         self.frames = 0
         self.last_seq = 0  # the newest sequence number seen on any topic
         self.closing = False
@@ -208,6 +209,7 @@ class Broker:
         snapshots). One for all, in the frames: a gzip viewer's bytes must be exactly its
         audience's, so nothing may be slipped in between for one viewer alone."""
         self.published += 1
+        self.beats += 1
         self._frame[HEARTBEAT] = (self.last_seq, self.published, HEARTBEAT, heartbeat)
         self._schedule()
 

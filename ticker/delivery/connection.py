@@ -65,7 +65,7 @@ from ticker.rendering.sse import encode_comment, encode_retry
 log = logging.getLogger(__name__)
 
 # Where the servers we run under put the connection's socket in the WSGI environ.
-_SOCKET_KEYS = ("gunicorn.socket", "ticker.socket")
+SOCKET_KEYS = ("gunicorn.socket", "ticker.socket")
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,7 @@ class Connection:
             # back in one, by then to the new process.
             return _sse_response(iter([encode_retry(rules.retry_ms)]))
         sock = next(
-            (environ[k] for k in _SOCKET_KEYS if environ.get(k) is not None), None
+            (environ[k] for k in SOCKET_KEYS if environ.get(k) is not None), None
         )
         direct = (
             sock is not None

@@ -44,7 +44,7 @@ class TickerCollector(Collector):
             ),
             "ticker_events_published": (
                 "Events handed to the broker",
-                broker.published,
+                broker.published - broker.beats,
             ),
             "ticker_events_sent": (
                 "Events written to SSE streams, snapshots included, heartbeats not",
