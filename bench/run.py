@@ -42,6 +42,7 @@ RESULTS = BENCH / "results"
 RAW = RESULTS / "raw"  # server and loadgen logs (git-ignored)
 SERVER_CPU, LOADGEN_CPU = "0", "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+ZLIB_H = Path("/usr/include/zlib.h")  # loadgen builds with -lz (Debian's zlib1g-dev)
 
 # Each venv: where it lives and the requirements it is made from.
 VENVS = {
@@ -135,12 +136,16 @@ def ensure_loadgen() -> Path:
     src, binary = BENCH / "loadgen.c", BENCH / "loadgen"
     if not binary.exists() or binary.stat().st_mtime < src.stat().st_mtime:
         log("building loadgen")
-        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(src)], check=True)
+        subprocess.run(
+            ["gcc", "-O2", "-Wall", "-o", str(binary), str(src), "-lz"], check=True
+        )
     return binary
 
 
 def ensure_system_tools() -> None:
     missing = [t for t in ("gcc", "node", "npm", "taskset") if shutil.which(t) is None]
+    if not ZLIB_H.exists():  # loadgen inflates gzip streams with zlib
+        missing.append(f"{ZLIB_H} (Debian: apt-get install zlib1g-dev)")
     if missing:
         sys.exit(f"bench: missing {', '.join(missing)} (see bench/README.md)")
     if shutil.which("redis-server") is None:

@@ -9,9 +9,10 @@ other, ``docs/workshop/solutions/exercise_N.patch`` is applied with ``git apply`
 same command must pass. The fourteen runs go four at a time, so this takes about as long as
 the slowest few of them.
 
-The checks use the system parts the rest of the suite uses (Chromium, nginx, Redis, gcc);
-where one is missing, the exercises that need it skip here, except on CI (``CI=true``). So
-do the exercises a learner has done in this work tree: it is no longer their starter.
+The checks use the system parts the rest of the suite uses (Chromium, nginx, Redis, gcc,
+zlib1g-dev); where one is missing, the exercises that need it skip here, except on CI
+(``CI=true``). So do the exercises a learner has done in this work tree: it is no longer
+their starter.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def missing_parts(exercise: Exercise) -> list[str]:
             missing.append("the playwright package")
     if exercise.number == 7 and not {0, 1} <= os.sched_getaffinity(0):
         missing.append("CPUs 0 and 1")
+    if exercise.number == 7 and not Path("/usr/include/zlib.h").exists():
+        missing.append("zlib1g-dev (loadgen links -lz)")
     return missing
 
 
