@@ -12,6 +12,10 @@ then ``bench/plot.py`` draws ``docs/img/performance.png``.
 
 ``--profile N`` instead runs our app once under N viewers and records it with py-spy
 (``bench/results/profile.svg``, plus the raw stacks and a top-functions table).
+
+``--storm reload|restart`` instead holds ``--storm-n`` viewers of ours with
+``loadgen --reconnect`` through a deploy (``kill -HUP``, or a restart on the same port) and
+writes ``bench/results/storm-<scenario>-<date>.json`` (bench/README.md lists its fields).
 """
 
 from __future__ import annotations
