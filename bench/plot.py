@@ -23,6 +23,8 @@ STYLE = {
     "flask-sse": ("tab:red", "v", "-"),
     "starlette": ("tab:purple", "D", "-"),
     "bare": ("black", "x", ":"),
+    "ours-gzip": ("tab:blue", "o", "-."),
+    "express-gzip": ("tab:green", "^", "-."),
 }
 
 

@@ -2,6 +2,8 @@
 
 Run: python3 bench/report.py bench/results/<date>.json
 One table per N. Ratios are the peer's figure divided by ours (the /stream row) at the same N.
+Wire is what arrived on the sockets (HTTP framing and gzip included), decoded the SSE body
+after de-chunking and inflating, both per viewer held per second of the window.
 """
 
 from __future__ import annotations
@@ -17,6 +19,17 @@ def fmt(x: float | None, digits: int = 0) -> str:
     return "n/a" if x is None else f"{x:,.{digits}f}"
 
 
+def rank(server: str) -> tuple[int, int]:
+    """Where a server's row goes: by ORDER, a -gzip variant right after its base."""
+    base = server.removesuffix("-gzip")
+    return (ORDER.index(base) if base in ORDER else len(ORDER), base != server)
+
+
+def kb(x: float | None) -> str:
+    """Bytes per viewer per second, in kB (runs from before loadgen counted them: n/a)."""
+    return "n/a" if x is None else f"{x / 1000:,.2f}"
+
+
 def ratio(x: float | None, ours: float | None) -> str:
     if x is None or not ours:
         return ""
@@ -30,13 +43,13 @@ def table(runs: list[dict]) -> list[str]:
             "| server | viewers held | updates (% of expected) "
             "| by tick: % delivered of ticks published/nominal "
             "| p50 ms | p99 ms (x ours) | server CPU | CPU-s per 100k (x ours) "
-            "| MB per 1k (x ours) | loadgen CPU |"
+            "| MB per 1k (x ours) | wire kB/viewer/s | decoded kB/viewer/s | loadgen CPU |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(runs, key=lambda r: ORDER.index(r["server"])):
+    for r in sorted(runs, key=lambda r: rank(r["server"])):
         if "error" in r:
-            lines.append(f"| {r['label']} | failed: {r['error']} |||||||||")
+            lines.append(f"| {r['label']} | failed: {r['error']} |||||||||||")
             continue
         c = r["loadgen"]["connections"]
         held = f"{r['held']:,}"
@@ -60,6 +73,8 @@ def table(runs: list[dict]) -> list[str]:
             f"| {fmt(cpu100k, 2)}"
             f"{'' if is_ours else ratio(cpu100k, ours and ours['cpu_s_per_100k'])} "
             f"| {fmt(mb, 1)}{'' if is_ours else ratio(mb, ours and ours['mb_per_1k'])} "
+            f"| {kb(r.get('wire_bytes_per_viewer_s'))} "
+            f"| {kb(r.get('decoded_bytes_per_viewer_s'))} "
             f"| {r['loadgen_cpu_pct']:.0f}% |"
         )
     return lines

@@ -12,6 +12,10 @@ then ``bench/plot.py`` draws ``docs/img/performance.png``.
 
 ``--profile N`` instead runs our app once under N viewers and records it with py-spy
 (``bench/results/profile.svg``, plus the raw stacks and a top-functions table).
+
+``--storm reload|restart`` instead holds ``--storm-n`` viewers of ours with
+``loadgen --reconnect`` through a deploy (``kill -HUP``, or a restart on the same port) and
+writes ``bench/results/storm-<scenario>-<date>.json`` (bench/README.md lists its fields).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ RESULTS = BENCH / "results"
 RAW = RESULTS / "raw"  # server and loadgen logs (git-ignored)
 SERVER_CPU, LOADGEN_CPU = "0", "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+ZLIB_H = Path("/usr/include/zlib.h")  # loadgen builds with -lz (Debian's zlib1g-dev)
 
 # Each venv: where it lives and the requirements it is made from.
 VENVS = {
@@ -80,6 +85,23 @@ SERVERS = {
     },
     "starlette": {"label": "sse-starlette + uvicorn", "path": "/stream", "rate": 10.0},
     "bare": {"label": "bare gevent loop (floor)", "path": "/stream", "rate": 10.0},
+    # gzip on the wire (issue 14), measured with `loadgen --gzip`. A variant runs its "base"
+    # server, with "env" added to the base's environment.
+    "ours-gzip": {
+        "label": "ours, loadgen --gzip (/stream)",
+        "path": "/stream",
+        "rate": 10.0,
+        "base": "ours",
+        "gzip": True,
+    },
+    "express-gzip": {
+        "label": "Express (article) + compression, res.flush() per event",
+        "path": "/events",
+        "rate": 10.0,
+        "base": "express",
+        "gzip": True,
+        "env": {"SSE_COMPRESSION": "1"},
+    },
 }
 
 
@@ -135,12 +157,16 @@ def ensure_loadgen() -> Path:
     src, binary = BENCH / "loadgen.c", BENCH / "loadgen"
     if not binary.exists() or binary.stat().st_mtime < src.stat().st_mtime:
         log("building loadgen")
-        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(src)], check=True)
+        subprocess.run(
+            ["gcc", "-O2", "-Wall", "-o", str(binary), str(src), "-lz"], check=True
+        )
     return binary
 
 
 def ensure_system_tools() -> None:
     missing = [t for t in ("gcc", "node", "npm", "taskset") if shutil.which(t) is None]
+    if not ZLIB_H.exists():  # loadgen inflates gzip streams with zlib
+        missing.append(f"{ZLIB_H} (Debian: apt-get install zlib1g-dev)")
     if missing:
         sys.exit(f"bench: missing {', '.join(missing)} (see bench/README.md)")
     if shutil.which("redis-server") is None:
@@ -284,7 +310,10 @@ class Server:
     """One server under test: its processes, and which of them serve (are measured)."""
 
     def __init__(self, name: str, port: int, logfile: Path) -> None:
-        self.name, self.port, self.logfile = name, port, logfile
+        # A variant (ours-gzip, express-gzip) runs its base's server, plus its own env.
+        self.name = SERVERS[name].get("base", name)
+        self.port, self.logfile = port, logfile
+        self.extra_env: dict[str, str] = SERVERS[name].get("env", {})
         self.procs: list[subprocess.Popen] = []
         self.measured: dict[str, int] = {}  # role -> pid
         self.paths: list[str] = []
@@ -303,6 +332,7 @@ class Server:
             ]
             self.procs.append(start(cmd, ROOT, env, logfile))
         elif self.name == "express":
+            env.update(self.extra_env)
             self.procs.append(
                 start(["node", "server.js"], PEERS / "express", env, logfile)
             )
@@ -470,6 +500,7 @@ def run_one(
             str(args.warmup),
             "--window",
             str(args.window),
+            *(["--gzip"] if spec.get("gzip") else []),
             "--events-per-s",
             str(spec["rate"]),
             "--ticks-per-s",
@@ -574,6 +605,291 @@ def summarize(r: dict) -> dict:
         "mb_per_1k": round(1000 * (rss_end - rss_idle) / held, 1) if held else None,
         "mb_per_1k_total": round(1000 * rss_end / held, 1) if held else None,
         "loadgen_cpu_pct": lg["loadgen"]["cpu_pct_of_core_window"],
+        # Bytes per viewer held per second in the window: on the socket, and after
+        # de-chunking and inflating (the two differ by framing, and by gzip if any).
+        "wire_bytes_per_viewer_s": lg["bytes"]["wire_bytes_per_viewer_s"],
+        "decoded_bytes_per_viewer_s": lg["bytes"]["decoded_bytes_per_viewer_s"],
+    }
+
+
+# --- storms: what a deploy does to N viewers (issue 13) --------------------------------------
+
+
+def listen_counters() -> dict[str, int]:
+    """TcpExt ListenOverflows / ListenDrops from /proc/net/netstat (machine-wide)."""
+    lines = [ln.split() for ln in Path("/proc/net/netstat").read_text().splitlines()]
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names[0] == "TcpExt:":
+            found = dict(zip(names[1:], map(int, values[1:]), strict=True))
+            return {k: found.get(k, 0) for k in ("ListenOverflows", "ListenDrops")}
+    return {}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class TreeCPU(threading.Thread):
+    """Every 0.2 s, the CPU seconds of every process in the servers' trees (masters and their
+    children), old and new: processes there at the storm's start count from then, later ones
+    from their birth, and the ones that exit keep their last sample (up to 0.2 s short)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.roots: list[int] = []
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.role: dict[int, str] = {}
+        self.born: dict[
+            int, int
+        ] = {}  # epoch ms first seen, for those born in the storm
+        self.gone: dict[int, int] = {}  # epoch ms first seen gone
+        self.done = threading.Event()
+
+    def sample(self, baseline: bool = False) -> None:
+        for root in list(self.roots):
+            try:
+                tree = [(root, "master"), *((c, "worker") for c in children(root))]
+            except OSError:
+                tree = [(root, "master")]
+            for pid, role in tree:
+                try:
+                    t = sum(cpu_times(pid))
+                except OSError:
+                    continue
+                if pid not in self.first:
+                    self.first[pid] = t if baseline else 0.0
+                    self.role[pid] = role
+                    if not baseline:
+                        self.born[pid] = now_ms()
+                self.last[pid] = t
+        for pid in self.last:
+            if pid not in self.gone and not Path(f"/proc/{pid}/stat").exists():
+                self.gone[pid] = now_ms()
+
+    def run(self) -> None:
+        while not self.done.wait(0.2):
+            self.sample()
+
+    def report(self, seconds: float) -> dict:
+        per = {
+            f"{self.role[p]} {p}": round(self.last[p] - self.first[p], 2)
+            for p in self.first
+        }
+        total = sum(self.last[p] - self.first[p] for p in self.first)
+        return {
+            "seconds": round(seconds, 2),
+            "cpu_s": per,
+            "cpu_s_total": round(total, 2),
+            "cpu_pct_of_core": round(100 * total / seconds, 1) if seconds else None,
+            "born_epoch_ms": {str(p): t for p, t in self.born.items()},
+            "gone_epoch_ms": {str(p): t for p, t in self.gone.items()},
+        }
+
+
+def wait_serving(port: int, timeout: float = 60) -> int | None:
+    """Poll GET /healthz until it answers 200; return that moment (epoch ms)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            http_get(port, "/healthz", timeout=2)
+            return now_ms()
+        except OSError:
+            time.sleep(0.05)
+    return None
+
+
+def storm(loadgen: Path, scenario: str, n: int, args: argparse.Namespace) -> dict:
+    """N viewers of ours' /stream with ``loadgen --reconnect``, then a deploy.
+
+    reload: SIGHUP to the gunicorn master (a new worker starts, the old one stops
+    gracefully). restart: SIGTERM the whole server, wait until it has exited, and start a
+    new one on the same port ``--restart-delay`` s later, as a PaaS does. loadgen measures
+    until every viewer is back with a full snapshot or ``--storm-timeout`` s pass.
+    """
+    RAW.mkdir(parents=True, exist_ok=True)
+    base = RAW / f"{args.date}-storm-{scenario}-{n}"
+    logfile = base.with_suffix(".server.log")
+    logfile.unlink(missing_ok=True)
+    port = free_port()
+    server = Server("ours", port, logfile)
+    result: dict = {
+        "scenario": scenario,
+        "server": "ours",
+        "n": n,
+        "path": "/stream",
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "app_code": app_fingerprint(),
+    }
+    log(f"storm {scenario} N={n}: starting ours on port {port}")
+    servers = [server]
+    tree = TreeCPU()
+    lg = None
+    try:
+        server.start()
+        master = server.procs[-1]
+        result["old"] = {"master": master.pid, "worker": server.measured["worker"]}
+        window = args.storm_wait + args.storm_timeout + args.restart_delay + 60
+        cmd = [
+            "taskset",
+            "-c",
+            LOADGEN_CPU,
+            str(loadgen),
+            "--port",
+            str(port),
+            "--path",
+            "/stream",
+            "--n",
+            str(n),
+            "--rate",
+            str(args.rate),
+            "--warmup",
+            str(args.warmup),
+            "--window",
+            str(window),
+            "--grace",
+            "0",
+            "--events-per-s",
+            "10",
+            "--reconnect",
+            "--until-back",
+            str(args.storm_timeout),
+            "--stdin-control",
+        ]
+        lg = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        stderr_lines: list[str] = []
+        window_started = threading.Event()
+
+        def watch() -> None:
+            for line in lg.stderr:
+                stderr_lines.append(line)
+                if line.startswith("WINDOW_START"):
+                    window_started.set()
+
+        threading.Thread(target=watch, daemon=True).start()
+        if not window_started.wait(n / args.rate + args.warmup + 60):
+            raise RuntimeError("loadgen never started its window")
+        held = next(
+            (ln for ln in reversed(stderr_lines) if ln.startswith("WINDOW_START")), ""
+        )
+        log(f"storm {scenario}: {held.strip()}; the deploy in {args.storm_wait} s")
+        time.sleep(args.storm_wait)
+
+        result["listen_before"] = listen_counters()
+        tree.roots.append(master.pid)
+        tree.sample(baseline=True)
+        tree.start()
+        t0 = time.monotonic()
+        result["trigger_epoch_ms"] = now_ms()
+        if scenario == "reload":
+            old_workers = set(children(master.pid))
+            os.kill(master.pid, signal.SIGHUP)
+            new_worker = None
+            deadline = time.monotonic() + 30
+            while new_worker is None and time.monotonic() < deadline:
+                fresh = set(children(master.pid)) - old_workers
+                new_worker = min(fresh) if fresh else None
+                time.sleep(0.02)
+            result["new"] = {"worker": new_worker, "seen_epoch_ms": now_ms()}
+            # gunicorn TERMs the old worker as soon as it has forked the new one, so from
+            # here a 200 comes from the new worker: it is accepting.
+            up = wait_serving(port, args.storm_timeout)
+        else:
+            os.killpg(master.pid, signal.SIGTERM)
+            try:
+                master.wait(args.storm_timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(master.pid, signal.SIGKILL)
+                master.wait(5)
+            result["old_exited_epoch_ms"] = now_ms()
+            time.sleep(args.restart_delay)
+            new = Server("ours", port, logfile)
+            servers.append(new)
+            result["new_started_epoch_ms"] = now_ms()
+            new.start()  # returns once /stream answers 200 (the worker is up)
+            up = now_ms()
+            tree.roots.append(new.procs[-1].pid)
+            result["new"] = {
+                "master": new.procs[-1].pid,
+                "worker": new.measured["worker"],
+            }
+        result["server_up_epoch_ms"] = up
+        if up is not None:
+            try:
+                lg.stdin.write(f"SERVER_UP {up}\n")
+                lg.stdin.flush()
+            except (BrokenPipeError, ValueError):
+                pass
+        log(
+            f"storm {scenario}: new server accepting {up and (up - result['trigger_epoch_ms'])} ms after the trigger"
+        )
+
+        guard = threading.Timer(args.storm_timeout + window + 60, lg.kill)
+        guard.start()
+        out = lg.stdout.read()
+        lg.wait()
+        guard.cancel()
+        tree.done.set()
+        tree.join(2)
+        tree.sample()
+        result["server_cpu"] = tree.report(time.monotonic() - t0)
+        result["listen_after"] = listen_counters()
+        result["listen_delta"] = {
+            k: result["listen_after"][k] - result["listen_before"].get(k, 0)
+            for k in result["listen_after"]
+        }
+        base.with_suffix(".loadgen.log").write_text("".join(stderr_lines))
+        if lg.returncode != 0:
+            raise RuntimeError(f"loadgen exited {lg.returncode}: {stderr_lines[-5:]}")
+        report = json.loads(out)
+        result["loadgen"] = report
+        rc = report["reconnect"]
+        statuses = {**report["connections"]["status"]}
+        result["error_statuses"] = {s: k for s, k in statuses.items() if int(s) >= 400}
+        result["summary"] = {
+            "viewers_lost": rc["viewers_lost"],
+            "viewers_back": rc["viewers_back"],
+            "gap_first_event_ms": rc["gap_first_event_ms"],
+            "gap_snapshot_ms": rc["gap_snapshot_ms"],
+            "pct_back_within_5s_of_server_up": rc["pct_back_within_5s_of_server_up"],
+            "pct_back_within_5s_of_first_accept": rc[
+                "pct_back_within_5s_of_first_accept"
+            ],
+            "refused": rc["refused"],
+            "timed_out": rc["connect_timed_out"] + rc["headers_timed_out"],
+            "error_statuses": result["error_statuses"],
+            "server_cpu_s": result["server_cpu"]["cpu_s_total"],
+            "listen_delta": result["listen_delta"],
+        }
+        log(f"storm {scenario} N={n}: {json.dumps(result['summary'])}")
+    except Exception as exc:  # noqa: BLE001 - keep what was measured
+        result["error"] = repr(exc)
+        log(f"storm {scenario} N={n}: FAILED {exc!r}")
+    finally:
+        tree.done.set()
+        if lg is not None and lg.poll() is None:
+            lg.kill()
+        for srv in servers:
+            srv.stop()
+    return result
+
+
+def storm_environment() -> dict:
+    """What a storm ran on: only the app's venv is needed, so only its versions."""
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "app": pip_versions(
+            "app", ("flask", "gunicorn", "gevent", "greenlet", "jinja2")
+        ),
     }
 
 
@@ -669,6 +985,7 @@ def environment() -> dict:
         "bare_peer": pip_versions("tools", ("gevent",)),
         "node": first_line(["node", "--version"]),
         "express": lock["node_modules/express"]["version"],
+        "express_compression": lock["node_modules/compression"]["version"],
         "redis_server": first_line(["redis-server", "--version"]),
         "gcc": first_line(["gcc", "--version"]),
     }
@@ -824,12 +1141,63 @@ def main() -> None:
         help="keep the other servers' runs already in --out, replace these",
     )
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument(
+        "--storm",
+        choices=("reload", "restart"),
+        help="instead: a deploy under --storm-n viewers of ours (kill -HUP, or a restart)",
+    )
+    parser.add_argument(
+        "--storm-n", type=int, default=10_000, help="viewers in a storm"
+    )
+    parser.add_argument(
+        "--storm-wait", type=float, default=5.0, help="s after the warmup, then deploy"
+    )
+    parser.add_argument(
+        "--storm-timeout",
+        type=float,
+        default=30.0,
+        help="s after the first lost stream that loadgen waits for every viewer",
+    )
+    parser.add_argument(
+        "--restart-delay",
+        type=float,
+        default=3.0,
+        help="restart: s between the old server's exit and the new one's start",
+    )
     args = parser.parse_args()
 
     # Keep this runner off the server's core.
     os.sched_setaffinity(0, {int(LOADGEN_CPU)})
     raise_nofile()
     args.date = datetime.now().strftime("%Y-%m-%d")
+    if args.storm:  # needs only our app's venv and loadgen
+        ensure_venv("app")
+        loadgen = ensure_loadgen()
+        RESULTS.mkdir(exist_ok=True)
+        out = (
+            Path(args.out)
+            if args.out
+            else RESULTS / f"storm-{args.storm}-{args.date}.json"
+        )
+        result = storm(loadgen, args.storm, args.storm_n, args)
+        save(
+            out,
+            {
+                "command": " ".join(["python", "bench/run.py", *sys.argv[1:]]),
+                "environment": storm_environment(),
+                "settings": {
+                    "rate": args.rate,
+                    "warmup_s": args.warmup,
+                    "storm_wait_s": args.storm_wait,
+                    "storm_timeout_s": args.storm_timeout,
+                    "restart_delay_s": args.restart_delay,
+                    "ours_env": OURS_ENV,
+                },
+                "run": result,
+            },
+        )
+        log(f"done: {out}")
+        return
     loadgen = setup()
     RESULTS.mkdir(exist_ok=True)
 

@@ -10,9 +10,10 @@ same command must pass. The fourteen runs go one at a time: each is a pytest of 
 servers and a browser, and CI has two cores, so running them side by side only made them
 race each other (and the rest of the machine) for the same cores.
 
-The checks use the system parts the rest of the suite uses (Chromium, nginx, Redis, gcc);
-where one is missing, the exercises that need it skip here, except on CI (``CI=true``). So
-do the exercises a learner has done in this work tree: it is no longer their starter.
+The checks use the system parts the rest of the suite uses (Chromium, nginx, Redis, gcc,
+zlib1g-dev); where one is missing, the exercises that need it skip here, except on CI
+(``CI=true``). So do the exercises a learner has done in this work tree: it is no longer
+their starter.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ def missing_parts(exercise: Exercise) -> list[str]:
             missing.append("the playwright package")
     if exercise.number == 7 and not {0, 1} <= os.sched_getaffinity(0):
         missing.append("CPUs 0 and 1")
+    if exercise.number == 7 and not Path("/usr/include/zlib.h").exists():
+        missing.append("zlib1g-dev (loadgen links -lz)")
     return missing
 
 

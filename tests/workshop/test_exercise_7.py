@@ -1,14 +1,15 @@
 """Workshop exercise 7: measure a watchlist with the benchmark (``ours-watchlist``).
 
 Run it with ``pytest tests -m exercise_7``. It does one tiny run of the new scenario with
-the benchmark's own ``run_one`` and ``loadgen`` (built with gcc): 40 viewers, a 4-second
-window, against a real gunicorn. It does not set the whole benchmark up (a venv per peer
-and npm: minutes, and the network): the app's server comes from this interpreter's venv,
-which has everything the app needs. Every viewer must get every tick of its three symbols,
-and the results file's report must know the scenario.
+the benchmark's own ``run_one`` and ``loadgen`` (``bench.ensure_loadgen`` builds it with gcc
+and links zlib): 40 viewers, a 4-second window, against a real gunicorn. It does not set the
+whole benchmark up (a venv per peer and npm: minutes, and the network): the app's server comes
+from this interpreter's venv, which has everything the app needs. Every viewer must get every
+tick of its three symbols, and the results file's report must know the scenario.
 
-Needs gcc and taskset and at least two CPUs (the runner pins the server to CPU 0 and the
-load generator to CPU 1); without them this skips, except on CI (``CI=true``).
+Needs gcc, zlib's header (Debian's zlib1g-dev), taskset and at least two CPUs (the runner
+pins the server to CPU 0 and the load generator to CPU 1); without them this skips, except on
+CI (``CI=true``).
 """
 
 from __future__ import annotations
@@ -46,9 +47,11 @@ def load(name: str) -> ModuleType:
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
     missing = [f"no {tool}" for tool in ("gcc", "taskset") if not shutil.which(tool)]
+    if not Path("/usr/include/zlib.h").exists():  # loadgen is built with -lz
+        missing.append("no /usr/include/zlib.h (zlib1g-dev)")
     if not {0, 1} <= os.sched_getaffinity(0):
         missing.append("CPUs 0 and 1 are not both available")
-    require(missing, "the benchmark needs gcc, taskset and two CPUs")
+    require(missing, "the benchmark needs gcc, zlib1g-dev, taskset and two CPUs")
     return load("run")
 
 

@@ -4,13 +4,22 @@
 // change: broadcasts come from a feed that ticks 10 symbols once per second each, instead of
 // POST /broadcast, and each is an SSE event named after its symbol whose data is the row.
 //
-// Run: PORT=3000 node server.js
+// SSE_COMPRESSION=1 (the bench's `express-gzip` peer) adds the `compression` middleware, and,
+// as its README requires for Server-Sent Events, calls res.flush() after every res.write:
+// without it zlib holds the events back until its buffer fills. Nothing else changes.
+//
+// Run: PORT=3000 node server.js        (or SSE_COMPRESSION=1 PORT=3000 node server.js)
 const express = require('express');
 const cors = require('cors');
 const { Market, encode, schedule } = require('./workload');
 
+const compress = process.env.SSE_COMPRESSION === '1';
 const app = express();
 app.use(cors());
+if (compress) app.use(require('compression')());
+
+// res.flush() exists only under compression: push what zlib holds out as a gzip block.
+const flush = compress ? (res) => res.flush() : () => {};
 
 // Track all connected clients
 const clients = new Set();
@@ -28,6 +37,7 @@ app.get('/events', (req, res) => {
   console.log(`Client ${clientId} connected. Total: ${clients.size}`);
 
   res.write(`data: ${JSON.stringify({ type: 'connected', clientId })}\n\n`);
+  flush(res);
 
   req.on('close', () => {
     clients.delete(clientData);
@@ -39,6 +49,7 @@ app.get('/events', (req, res) => {
 function broadcast(message) {
   clients.forEach((client) => {
     client.res.write(message);
+    flush(client.res);
   });
 }
 
