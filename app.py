@@ -13,6 +13,7 @@ if __name__ == "__main__":
 import logging.config
 
 from ticker import create_app, get_service, logfmt
+from ticker.delivery.connection import STREAM_LOGGED
 
 app = create_app()
 
@@ -30,6 +31,10 @@ def main() -> None:
                 self.socket
             )  # lets streams notice a client leaving
             return environ
+
+        def log_request(self) -> None:
+            if not self.environ.get(STREAM_LOGGED):  # see gunicorn.conf.py's access
+                super().log_request()
 
         def format_request(self) -> str:
             # The same access line as gunicorn's (see gunicorn.conf.py), without the

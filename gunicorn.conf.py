@@ -10,6 +10,7 @@ from gunicorn.glogging import Logger
 
 from ticker import logfmt
 from ticker.config import Settings
+from ticker.delivery.connection import STREAM_LOGGED
 
 settings = Settings.from_env()
 
@@ -28,6 +29,10 @@ preload_app = False
 graceful_timeout = 10
 timeout = 30
 keepalive = 5
+# When a worker is replaced, every viewer reconnects within a second or two: the accept
+# queue must hold that herd, or the rest wait in SYN retries (1 s, 3 s, ...). The kernel
+# caps this at net.core.somaxconn (4096 on current Linux).
+backlog = max(2048, settings.max_streams)
 # gunicorn 27 opens an admin socket under $HOME by default; a PaaS dyno has no use for it.
 control_socket_disable = True
 # gunicorn's lines, its access log and the app's share one handler and format (stderr).
@@ -44,8 +49,8 @@ class AccessLogger(Logger):
     """
 
     def access(self, resp, req, environ, request_time) -> None:
-        if not self.access_log_enabled:
-            return
+        if not self.access_log_enabled or environ.get(STREAM_LOGGED):
+            return  # a stream's own stream.open and stream.close lines say it all
         atoms = self.atoms(resp, req, environ, request_time)
         self.access_log.info(
             logfmt.event(

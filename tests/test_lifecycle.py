@@ -3,7 +3,9 @@ at once (under gunicorn and ``python app.py``)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +15,9 @@ import pytest
 from support import ROOT, Server, SSEClient
 
 from ticker import Settings, create_app, get_service
+from ticker.delivery.connection import SPREAD_MS
+
+RETRY_MS = Settings().retry_ms
 
 # gunicorn.conf.py's graceful_timeout: how long gunicorn lets a stopping worker's requests
 # run before it kills the worker.
@@ -81,10 +86,36 @@ def test_one_feed_per_worker_started_when_serving(tmp_path):
 
 def test_stream_requests_during_shutdown_get_a_retry_hint_not_a_refusal():
     # A refusal (503) makes the htmx SSE extension back off for seconds; an empty 200
-    # stream with "retry: 1000" brings the browser back in one, to the next process.
+    # stream with a retry hint of about a second brings the browser back, to the next
+    # process (spread: see the test below).
     app = create_app(Settings(ticker_interval=0.05))
     get_service(app).stop()
     response = app.test_client().get("/stream")
     assert response.status_code == 200
     assert response.mimetype == "text/event-stream"
-    assert response.get_data() == b"retry: 1000\n\n"
+    hint = re.fullmatch(rb"retry: (\d+)\n\n", response.get_data())
+    assert hint and RETRY_MS <= int(hint[1]) < RETRY_MS + SPREAD_MS
+
+
+def test_a_process_going_away_spreads_its_viewers_return_over_a_window(tmp_path):
+    """Every stream ends with a retry hint of its own, between RETRY_MS and RETRY_MS +
+    SPREAD_MS: a herd of browsers that would all come back after exactly one second
+    comes back spread over the window instead."""
+    with Server.procfile(tmp_path / "gunicorn.log").start() as server:
+        clients = [SSEClient(server.base, "/stream") for _ in range(20)]
+        for client in clients:
+            assert client.next().retry == RETRY_MS  # the hint it starts with
+        server.wait_for(lambda h: h["streams"]["total"] == 20, "the streams to open")
+        os.killpg(server.process.pid, signal.SIGTERM)
+        last_hints = []
+        for client in clients:
+            hints = []
+            with contextlib.suppress(EOFError):
+                while True:
+                    event = client.next()
+                    if event.retry is not None:
+                        hints.append(event.retry)
+            last_hints.append(hints[-1])
+            client.close()
+    assert all(RETRY_MS <= h < RETRY_MS + SPREAD_MS for h in last_hints), last_hints
+    assert len(set(last_hints)) >= 10, f"not spread: {sorted(last_hints)}"

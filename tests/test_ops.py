@@ -215,6 +215,21 @@ def test_every_log_line_is_one_record_that_reads_back_what_clients_sent(server):
     assert broadcast["message"] == message
 
 
+def test_a_stream_logs_two_lines_and_a_page_one(server):
+    """A stream's stream.open and stream.close say all an access line would (client,
+    route, duration, bytes), so the access log leaves streams out: a herd of 10,000
+    viewers reconnecting after a deploy writes 20,000 lines, not 30,000."""
+    since = log_size(server)
+    with SSEClient(server.base, "/stream") as client:
+        client.next()
+    assert server.request("/healthz")[0] == 200
+    wait_for_events(server, since, "stream.close")
+    wait_for_events(server, since, "http.request")
+    requests = [r["request"] for r in events(server, since, "http.request")]
+    assert requests == ["GET /healthz HTTP/1.1"], requests
+    assert len(events(server, since, "stream.open")) == 1
+
+
 # --- Each remaining figure of the README's metrics table, and the shutdown line ----------
 
 QUIET = {"TICKER_INTERVAL": "1e9", "TICKER_NEWS_S": "0"}  # no ticks, no news

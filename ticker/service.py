@@ -198,7 +198,7 @@ class Service:
     def stop(self) -> None:
         """End all streams, the feed and the bus (the process is shutting down)."""
         log.info(logfmt.event("shutdown", streams=self.broker.open_streams))
-        self.broker.close()
+        self.broker.close(self.stream_rules.spread_retry)
         self.feed.stop()
         self._charts.cancel()
         self._summaries.cancel()

@@ -64,7 +64,7 @@ class Viewer(Protocol):
     @property
     def pending(self) -> int: ...
     def deliver(self, frame: Frame) -> int: ...
-    def end(self) -> None: ...
+    def end(self, farewell: bytes = b"") -> None: ...
 
 
 class StreamLimitReached(Exception):
@@ -350,11 +350,12 @@ class Broker:
         """Events waiting in all mailboxes: at most one per topic per stream (conflation)."""
         return sum(c.pending for c in self._open)
 
-    def close(self) -> None:
-        """End every stream (the process is shutting down) and refuse new ones."""
+    def close(self, farewell: Callable[[], bytes] | None = None) -> None:
+        """End every stream (the process is shutting down) and refuse new ones; each
+        ends with ``farewell()``, if given (say, a retry hint of its own)."""
         self.closing = True
         for viewer in list(self._open):
-            viewer.end()
+            viewer.end(farewell() if farewell is not None else b"")
 
 
 def with_broadcasts(topics: Iterable[str]) -> tuple[str, ...]:

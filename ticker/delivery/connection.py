@@ -35,11 +35,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import random
 import socket
 import ssl
 import time
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -64,6 +65,10 @@ from ticker.rendering.sse import encode_comment, encode_retry
 
 log = logging.getLogger(__name__)
 
+# Set in the environ of a stream request whose life the connection logs itself (its
+# stream.open and stream.close lines): the servers' access log leaves it out, so that a
+# herd of reconnecting viewers costs two log lines each, not three.
+STREAM_LOGGED = "ticker.stream_logged"
 # Where the servers we run under put the connection's socket in the WSGI environ.
 SOCKET_KEYS = ("gunicorn.socket", "ticker.socket")
 
@@ -75,6 +80,16 @@ class StreamRules:
     write_timeout_s: float
     retry_ms: int  # the SSE ``retry:`` hint: how long a browser waits to reconnect
     process_id: str  # named in each stream's first comment: "which worker am I on?"
+
+    def spread_retry(self) -> bytes:
+        """A retry hint for a stream this process ends because it is going away: between
+        ``retry_ms`` and ``retry_ms + SPREAD_MS``, at random, so the herd of browsers comes
+        back to the next process spread over that window instead of all at one instant."""
+        return encode_retry(self.retry_ms + random.randrange(SPREAD_MS))
+
+
+# How widely the retry hints of a process that goes away are spread (see spread_retry).
+SPREAD_MS = 1500
 
 
 class _Stalled(Exception):
@@ -101,6 +116,7 @@ class Connection:
         "delivered",
         "direct",
         "ended",
+        "farewell",
         "fd",
         "floor",
         "gzip",
@@ -144,6 +160,7 @@ class Connection:
         self._pending: dict[str, tuple[int, bytes]] = {}
         self._wake = Event()
         self.ended = False
+        self.farewell = b""
         self._released = False
         self.delivered = 0  # events handed to the viewer
         self.sent_bytes = 0
@@ -173,7 +190,7 @@ class Connection:
         cls,
         broker: Broker,
         rules: StreamRules,
-        environ: Mapping[str, object],
+        environ: MutableMapping[str, object],
         route: str,
         topics: tuple[str, ...],
         client: str,
@@ -191,7 +208,7 @@ class Connection:
             # This process is shutting down. A refusal would make the browser's SSE
             # extension back off for seconds; an empty stream with a retry hint brings it
             # back in one, by then to the new process.
-            return _sse_response(iter([encode_retry(rules.retry_ms)]))
+            return _sse_response(iter([rules.spread_retry()]))
         sock = next(
             (environ[k] for k in SOCKET_KEYS if environ.get(k) is not None), None
         )
@@ -208,6 +225,7 @@ class Connection:
             broker.subscribe(viewer)
         except StreamLimitReached as refused:
             return viewer._refuse(refused)
+        environ[STREAM_LOGGED] = True
         log.info(
             logfmt.event(
                 "stream.open",
@@ -338,8 +356,10 @@ class Connection:
         self._pending.clear()
         return data
 
-    def end(self) -> None:
-        """End the stream: the viewer's greenlet wakes up, finishes and releases it."""
+    def end(self, farewell: bytes = b"") -> None:
+        """End the stream: the viewer's greenlet wakes up, sends ``farewell`` (a last
+        event, such as a retry hint) if the stream can still end cleanly, and releases it."""
+        self.farewell = farewell
         self.ended = True
         self._wake.set()
 
@@ -405,12 +425,14 @@ class Connection:
         return snapshot.gzip()  # type: ignore[union-attr]
 
     def _ending(self) -> bytes:
-        """What a stream that ends cleanly ends with: the gzip trailer (if compressed)."""
+        """What a stream that ends cleanly ends with: its farewell, and the gzip trailer
+        (if compressed)."""
         if not self.gzip:
-            return b""
-        if self.joined:
+            return self.farewell
+        if self.joined:  # what it decoded of the shared bytes comes first
             self._leave(self.deflate.crc, self.deflate.size)  # type: ignore[union-attr]
-        return compression.trailer(self.crc, self.size)
+        last = self._own(self.farewell) if self.farewell else b""
+        return last + compression.trailer(self.crc, self.size)
 
     # The direct path.
 
