@@ -354,3 +354,27 @@ def test_a_gzip_viewer_that_falls_behind_mid_epoch_rejoins_and_ends_as_valid_gzi
     assert text.endswith(b"<AAA:15>")
     assert b"<BBB:6>" not in text and b"<AAA:7><BBB:8>" in text, "the mailbox conflated"
     ours.close()
+
+
+def test_a_gzip_audience_grows_its_compressor_only_when_it_is_big(short_epochs):
+    """A custom watchlist's audience of one gets a small compressor (32 KB, not 256 KB);
+    the switch happens at an epoch's end, and viewers on either side decode it all."""
+    import zlib
+
+    from ticker.delivery.compression import BIG_AUDIENCE
+
+    broker = Broker(max_streams=100)
+    first = gzip_viewer(broker, ["AAA"])
+    assert not first[0].deflate.big
+    others = [gzip_viewer(broker, ["AAA"]) for _ in range(BIG_AUDIENCE - 1)]
+    for seq in range(1, 8):  # two epochs: the switch, then a viewer joined on each side
+        publish(broker, "AAA", seq)
+    assert first[0].deflate.big and first[0].joined
+    broker.close()
+    gevent.sleep(0.01)
+    for viewer, ours, theirs, head, runner in [first, *others]:
+        runner.join(timeout=5)
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        text = inflate.decompress(head) + inflate.decompress(unchunk(drain(theirs)))
+        assert inflate.eof and text.endswith(b"<AAA:7>")
+        ours.close()

@@ -299,6 +299,7 @@ class Broker:
             audience.gzip_viewers += 1
             if audience.deflate is None:
                 audience.deflate = SharedDeflate()
+            audience.deflate.viewers = audience.gzip_viewers
             viewer.deflate = audience.deflate
         audience.viewers.add(viewer)
         self._open.add(viewer)
@@ -333,6 +334,8 @@ class Broker:
             audience.gzip_viewers -= 1
             if not audience.gzip_viewers:
                 audience.deflate = None  # its memory goes with the last gzip viewer
+            else:
+                audience.deflate.viewers = audience.gzip_viewers  # type: ignore[union-attr]
         if not audience.viewers:
             del self._audiences[key]
         for counter, name in (

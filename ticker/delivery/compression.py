@@ -35,6 +35,12 @@ LEVEL = 6
 WBITS = 15  # the shared compressor's window: 32 KB
 MEM_LEVEL = 8
 EPOCH_FRAMES = 50
+# An audience of a few viewers (a custom watchlist) gets a small compressor: 32 KB of zlib
+# state instead of 256 KB, for 7x instead of 14x. Ten thousand different watchlists then
+# cost 320 MB, not 2.5 GB. It grows (or shrinks) at an epoch's end, where nothing refers
+# back and a fresh compressor may take over.
+SMALL_WBITS, SMALL_MEM_LEVEL = 12, 5
+BIG_AUDIENCE = 8
 # Standalone pieces (a snapshot, a catch-up, one frame on its own) only need a small window.
 ALONE_LEVEL = 6
 ALONE_WBITS = 12
@@ -61,14 +67,15 @@ def trailer(crc: int, size: int) -> bytes:
 class SharedDeflate:
     """One audience's compressor: each frame in, the bytes every joined viewer gets out."""
 
-    __slots__ = ("_comp", "crc", "frames", "size")
+    __slots__ = ("_comp", "big", "crc", "frames", "size", "viewers")
 
-    def __init__(self) -> None:
-        self._comp = zlib.compressobj(LEVEL, zlib.DEFLATED, -WBITS, MEM_LEVEL)
+    def __init__(self, viewers: int = 1) -> None:
+        self.viewers = viewers  # gzip viewers of the audience, kept up by the broker
+        self.big = viewers >= BIG_AUDIENCE
+        self._comp = _compressor(self.big)
         self.frames = 0  # frames in the current epoch
-        self.crc = (
-            0  # CRC-32 and length of every frame so far (of the uncompressed bytes)
-        )
+        # CRC-32 and length of every frame so far (of the uncompressed bytes).
+        self.crc = 0
         self.size = 0
 
     def encode(self, data: bytes) -> tuple[bytes, bool]:
@@ -81,7 +88,18 @@ class SharedDeflate:
         if epoch_end:
             self.frames = 0
         flush = zlib.Z_FULL_FLUSH if epoch_end else zlib.Z_SYNC_FLUSH
-        return self._comp.compress(data) + self._comp.flush(flush), epoch_end
+        out = self._comp.compress(data) + self._comp.flush(flush)
+        if epoch_end and self.big != (self.viewers >= BIG_AUDIENCE):
+            self.big = not self.big
+            self._comp = _compressor(self.big)
+        return out, epoch_end
+
+
+def _compressor(big: bool) -> zlib._Compress:
+    """A raw deflate compressor: the full window for a big audience, a small one else."""
+    if big:
+        return zlib.compressobj(LEVEL, zlib.DEFLATED, -WBITS, MEM_LEVEL)
+    return zlib.compressobj(LEVEL, zlib.DEFLATED, -SMALL_WBITS, SMALL_MEM_LEVEL)
 
 
 # --- CRC-32 algebra: the CRC of a concatenation from the CRCs of its parts ---------------
