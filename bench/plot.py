@@ -1,5 +1,6 @@
-"""Draw docs/img/performance.png from a bench/run.py results file: p99 latency and CPU-seconds
-per 100,000 delivered updates against viewers, one line per server.
+"""Draw docs/img/performance.png from a bench/run.py results file: p99 latency, CPU-seconds
+per 100,000 delivered updates, and bytes on the wire per viewer per second against viewers,
+one line per server.
 
 Run (bench/run.py does it): bench/.venv-tools/bin/python bench/plot.py RESULTS.json OUT.png
 """
@@ -52,7 +53,7 @@ def main(results: str, out: str) -> None:
             continue
         series[run["server"]].append(run)
         labels[run["server"]] = run["label"]
-    fig, (lat, cpu) = plt.subplots(1, 2, figsize=(12, 5.6))
+    fig, (lat, cpu, wire) = plt.subplots(1, 3, figsize=(17, 5.6))
     for name, runs in series.items():
         runs.sort(key=lambda r: r["n"])
         color, marker, line = STYLE.get(name, (None, "o", "-"))
@@ -65,21 +66,37 @@ def main(results: str, out: str) -> None:
         lat.plot([r["n"] for r in runs], [r["p99_ms"] for r in runs], **kw)
         pts = [r for r in runs if r["cpu_s_per_100k"]]
         cpu.plot([r["n"] for r in pts], [r["cpu_s_per_100k"] for r in pts], **kw)
+        sent = [r for r in runs if r.get("wire_bytes_per_viewer_s")]
+        wire.plot(
+            [r["n"] for r in sent],
+            [r["wire_bytes_per_viewer_s"] / 1000 for r in sent],
+            **kw,
+        )
         for r in runs:
             if saturated(r):
                 for ax, y in ((lat, r["p99_ms"]), (cpu, r["cpu_s_per_100k"])):
                     ax.plot(r["n"], y, "o", ms=14, mfc="none", mec=color, alpha=0.6)
-    lat.axhline(250, color="grey", linestyle="--", linewidth=1)
+    lat.axhline(200, color="grey", linestyle="--", linewidth=1)
     lat.text(
-        11000, 265, "target for ours at 10k: p99 < 250 ms", fontsize=8, color="grey"
+        11000, 210, "target for ours at 10k: p99 < 200 ms", fontsize=8, color="grey"
     )
-    cpu.axhline(0.6, color="grey", linestyle="--", linewidth=1)
-    cpu.text(11000, 0.63, "target for ours: <= 0.6", fontsize=8, color="grey")
+    cpu.axhline(0.45, color="grey", linestyle="--", linewidth=1)
+    cpu.text(11000, 0.47, "target for ours: <= 0.45", fontsize=8, color="grey")
+    wire.axhline(2.5, color="grey", linestyle="--", linewidth=1)
+    wire.text(
+        11000, 2.7, "target for ours (gzip): <= 2.5 kB/s", fontsize=8, color="grey"
+    )
     lat.set_yscale("log")
     lat.set_ylabel("p99 latency, tick to receipt (ms, log scale)")
     cpu.set_yscale("log")
     cpu.set_ylabel("server CPU-seconds per 100,000 delivered updates (log scale)")
-    for ax, title in ((lat, "p99 latency"), (cpu, "CPU per delivered update")):
+    wire.set_yscale("log")
+    wire.set_ylabel("bytes on the wire per viewer per second (kB, log scale)")
+    for ax, title in (
+        (lat, "p99 latency"),
+        (cpu, "CPU per delivered update"),
+        (wire, "bytes per viewer"),
+    ):
         ax.set_xlabel(
             "concurrent viewers (N); circled: saturated (viewers or updates lost)"
         )
