@@ -300,7 +300,7 @@ class Connection:
             if written:
                 self.delivered += frame.events
                 self.sent_bytes += written
-                if self.gzip:
+                if self.gzip and not self.joined:
                     self._decoded(frame)
                 if written == len(buf):
                     return 0
@@ -316,9 +316,9 @@ class Connection:
         return sum(self.offer(topic, seq, payload) for seq, _, topic, payload in items)
 
     def _decoded(self, frame: Frame) -> None:
-        """Account for a frame this gzip viewer will have decoded whole."""
-        if self.joined:
-            return  # counted when it leaves or ends, from the audience's running CRC
+        """Account for a frame this gzip viewer, not joined, will have decoded whole (a
+        joined viewer's frames are counted when it leaves or ends, from the audience's
+        running CRC)."""
         self.crc = zlib.crc32(frame.data, self.crc)
         self.size += len(frame.data)
         if frame.epoch_end:
