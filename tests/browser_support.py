@@ -126,6 +126,36 @@ def wait_for_new_tick(page: Page, symbol: str, seen: str) -> str:
     return row(page, symbol).get_attribute("data-seq")
 
 
+# The symbols among ``seen`` ({symbol: data-seq}) whose row shows another tick now.
+CHANGED_ROWS_JS = """seen => Object.entries(seen)
+    .filter(([symbol, seq]) => document.getElementById('quote-' + symbol).dataset.seq !== seq)
+    .map(([symbol]) => symbol)"""
+
+
+def seqs(page: Page) -> dict[str, str]:
+    """Every row's ``data-seq`` now, by symbol: what ``CHANGED_ROWS_JS`` compares against."""
+    return {
+        r.get_attribute("data-symbol"): r.get_attribute("data-seq")
+        for r in rows(page).all()
+    }
+
+
+def changed_rows(page: Page, seen: dict[str, str]) -> list[str]:
+    return page.evaluate(f"seen => ({CHANGED_ROWS_JS})(seen)", seen)
+
+
+def wait_for_changed_rows(
+    page: Page, seen: dict[str, str], count: int, timeout: float = UPDATE_MS
+) -> list[str]:
+    """Wait until at least ``count`` rows show a tick other than ``seen``'s; return them."""
+    page.wait_for_function(
+        f"seen => ({CHANGED_ROWS_JS})(seen).length >= {count}",
+        arg=seen,
+        timeout=timeout,
+    )
+    return changed_rows(page, seen)
+
+
 def assert_strict_csp(response: Response) -> None:
     policy = response.headers.get("content-security-policy", "")
     directives = {d.strip() for d in policy.split(";")}
