@@ -21,9 +21,11 @@ import pytest
 from support import ROOT
 
 try:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
     from playwright.sync_api import expect, sync_playwright
 except ImportError:  # missing_browser_parts() reports it: a skip, or a failure on CI
     expect = sync_playwright = None
+    PlaywrightTimeoutError = TimeoutError
 
 if TYPE_CHECKING:
     from playwright.sync_api import (
@@ -147,12 +149,20 @@ def changed_rows(page: Page, seen: dict[str, str]) -> list[str]:
 def wait_for_changed_rows(
     page: Page, seen: dict[str, str], count: int, timeout: float = UPDATE_MS
 ) -> list[str]:
-    """Wait until at least ``count`` rows show a tick other than ``seen``'s; return them."""
-    page.wait_for_function(
-        f"seen => ({CHANGED_ROWS_JS})(seen).length >= {count}",
-        arg=seen,
-        timeout=timeout,
-    )
+    """Wait until at least ``count`` rows show a tick other than ``seen``'s; return them.
+    Fails saying which rows did update, and how many were wanted."""
+    try:
+        page.wait_for_function(
+            f"seen => ({CHANGED_ROWS_JS})(seen).length >= {count}",
+            arg=seen,
+            timeout=timeout,
+        )
+    except PlaywrightTimeoutError:
+        changed = changed_rows(page, seen)
+        raise AssertionError(
+            f"{len(changed)} of {len(seen)} rows updated in {timeout} ms, wanted "
+            f"{count}: {sorted(changed)}"
+        ) from None
     return changed_rows(page, seen)
 
 

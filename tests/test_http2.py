@@ -166,11 +166,11 @@ def test_per_symbol_view_over_http2_every_row_gets_its_own_gzip_stream_and_updat
     page, watch = open_page(h2, ignore_https_errors=True)
     streams = StreamResponses(page)
     seen = open_per_symbol(page)
-    assert navigation_protocol(page) == "h2"
 
     # Every row moves: twelve streams got through, not six.
     changed = wait_for_changed_rows(page, seen, SYMBOLS)
     assert sorted(changed) == sorted(seen)
+    assert navigation_protocol(page) == "h2"
     app.wait_for(
         lambda h: h["streams"]["by_route"].get("symbol") == SYMBOLS,
         f"{SYMBOLS} per-symbol streams",
