@@ -21,9 +21,11 @@ import pytest
 from support import ROOT
 
 try:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
     from playwright.sync_api import expect, sync_playwright
 except ImportError:  # missing_browser_parts() reports it: a skip, or a failure on CI
     expect = sync_playwright = None
+    PlaywrightTimeoutError = TimeoutError
 
 if TYPE_CHECKING:
     from playwright.sync_api import (
@@ -124,6 +126,44 @@ def wait_for_new_tick(page: Page, symbol: str, seen: str) -> str:
     """Wait until the row of ``symbol`` shows a tick other than ``seen``; return its seq."""
     expect(row(page, symbol)).not_to_have_attribute("data-seq", seen, timeout=UPDATE_MS)
     return row(page, symbol).get_attribute("data-seq")
+
+
+# The symbols among ``seen`` ({symbol: data-seq}) whose row shows another tick now.
+CHANGED_ROWS_JS = """seen => Object.entries(seen)
+    .filter(([symbol, seq]) => document.getElementById('quote-' + symbol).dataset.seq !== seq)
+    .map(([symbol]) => symbol)"""
+
+
+def seqs(page: Page) -> dict[str, str]:
+    """Every row's ``data-seq`` now, by symbol: what ``CHANGED_ROWS_JS`` compares against."""
+    return {
+        r.get_attribute("data-symbol"): r.get_attribute("data-seq")
+        for r in rows(page).all()
+    }
+
+
+def changed_rows(page: Page, seen: dict[str, str]) -> list[str]:
+    return page.evaluate(f"seen => ({CHANGED_ROWS_JS})(seen)", seen)
+
+
+def wait_for_changed_rows(
+    page: Page, seen: dict[str, str], count: int, timeout: float = UPDATE_MS
+) -> list[str]:
+    """Wait until at least ``count`` rows show a tick other than ``seen``'s; return them.
+    Fails saying which rows did update, and how many were wanted."""
+    try:
+        page.wait_for_function(
+            f"seen => ({CHANGED_ROWS_JS})(seen).length >= {count}",
+            arg=seen,
+            timeout=timeout,
+        )
+    except PlaywrightTimeoutError:
+        changed = changed_rows(page, seen)
+        raise AssertionError(
+            f"{len(changed)} of {len(seen)} rows updated in {timeout} ms, wanted "
+            f"{count}: {sorted(changed)}"
+        ) from None
+    return changed_rows(page, seen)
 
 
 def assert_strict_csp(response: Response) -> None:

@@ -38,6 +38,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from browser_support import (
+    CHANGED_ROWS_JS,
     PHONE,
     UPDATE_MS,
     assert_strict_csp,
@@ -243,12 +244,6 @@ RECORD_ROW_EVENTS_JS = """limit => {
 def record_row_events(page: Page, limit: int = 0) -> None:
     """Install RECORD_ROW_EVENTS_JS in ``page``'s context, for pages loaded from now on."""
     page.context.add_init_script(f"({RECORD_ROW_EVENTS_JS})({limit})")
-
-
-# The symbols among ``seen`` ({symbol: data-seq}) whose row shows another tick now.
-CHANGED_ROWS_JS = """seen => Object.entries(seen)
-    .filter(([symbol, seq]) => document.getElementById('quote-' + symbol).dataset.seq !== seq)
-    .map(([symbol]) => symbol)"""
 
 
 @pytest.fixture(scope="module")
