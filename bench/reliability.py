@@ -23,7 +23,13 @@ gunicorn), but many times or at a larger scale than a test can afford:
   server being ready to the first row update;
 - ``nginx``: ticks through the sample config (and a bare proxy_pass, and one told to ignore
   ``X-Accel-Buffering``): their delays, and what nginx added over the app read directly;
-  a tickless stream on 0.5 s heartbeats for 3x nginx's read timeout, and one without.
+  a tickless stream on 0.5 s heartbeats for 3x nginx's read timeout, and one without;
+- ``idle`` (issue 14, ``tests/test_idle_sockets.py``): 2,000 sockets that send nothing, half
+  a request line, one header byte a second, or idle after one answered keep-alive request,
+  beside 1,000 healthy viewers: when the server closed each kind (seconds from its open),
+  the viewers' latency before, while all are open and while they are being closed, and how
+  soon 20 new viewers got their snapshot meanwhile. ``--only idle`` runs just this (about
+  20 s, no nginx or Chromium) and writes ``reliability-idle-<date>-at-<commit>.json``.
 """
 
 from __future__ import annotations
@@ -304,6 +310,48 @@ def behind_nginx(tmp: Path) -> dict:
     return result
 
 
+def idle(tmp: Path) -> dict:
+    from test_idle_sockets import (
+        KEEPALIVE_S,
+        SERVER_ENV,
+        closed_after,
+        p99,
+        raise_nofile_limit,
+        run_idle_scenario,
+    )
+
+    raise_nofile_limit()
+    with Server.procfile(tmp / "idle.log", env=SERVER_ENV).start() as server:
+        facts = run_idle_scenario(server)
+    log = (tmp / "idle.log").read_text(errors="replace")
+    viewers = facts["healthy"]
+
+    def latency(values: list[float]) -> dict:
+        return {**spread(values, 0), "p99": round(p99(values))}
+
+    return {
+        "setup": f"{len(viewers)} viewers of /stream (12 symbols, 1 tick/s each) + "
+        f"{len(facts['hostile'])} hostile sockets, 500 of each kind, opened in "
+        f"{facts['opening_s']:.2f} s; gunicorn keepalive = {KEEPALIVE_S:g}",
+        "env": SERVER_ENV,
+        "closed_after_s": {
+            kind: {**spread(seconds), "min": round(min(seconds), 3)}
+            for kind, seconds in closed_after(facts["hostile"]).items()
+        },
+        "hostile_open_through_window": facts["still_open"],
+        "healthy_latency_ms_before": latency(facts["before"]),
+        "healthy_latency_ms_while_all_open": latency(facts["during"]),
+        "healthy_latency_ms_while_being_closed": latency(facts["closing"]),
+        "window_while_all_open_s": round(facts["during_s"], 2),
+        "healthy_viewers_without_an_update_in_window": len(facts["starved"]),
+        "new_viewers_admitted": sum(v.status == 200 for v in facts["new"]),
+        "new_viewer_snapshot_s": spread(
+            [v.snapshot_at - v.opened for v in facts["new"]]
+        ),
+        "tracebacks_in_log": log.count("Traceback"),
+    }
+
+
 def commit() -> str:
     out = subprocess.run(  # noqa: PLW1510 - a failure shows as an empty commit
         ["git", "rev-parse", "--short", "HEAD"],
@@ -337,19 +385,29 @@ PARTS = {
     "shutdown": shutdown,
     "reconnect": reconnect,
     "nginx": behind_nginx,
+    "idle": idle,
 }
+# Run by default: everything but ``idle``, which has its own results file.
+DEFAULT_PARTS = "stalled,departures,churn,shutdown,reconnect,nginx"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default=",".join(PARTS), help="comma-separated parts")
+    parser.add_argument(
+        "--only",
+        default=DEFAULT_PARTS,
+        help=f"comma-separated parts of {','.join(PARTS)}",
+    )
     parser.add_argument("--out", type=Path, help="results file (JSON)")
     args = parser.parse_args()
     at = commit()
     today = datetime.date.today().isoformat()
-    out = args.out or ROOT / "bench" / "results" / f"reliability-{today}-at-{at}.json"
+    parts = "" if args.only == DEFAULT_PARTS else args.only.replace(",", "-") + "-"
+    name = f"reliability-{parts}{today}-at-{at}.json"
+    out = args.out or ROOT / "bench" / "results" / name
     results = {
-        "command": "python bench/reliability.py",
+        "command": "python bench/reliability.py"
+        + ("" if args.only == DEFAULT_PARTS else f" --only {args.only}"),
         "date": today,
         "commit": at,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
