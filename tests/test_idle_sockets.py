@@ -16,6 +16,7 @@ parsed by hand, each quote's ``data-ts`` read for its latency): no thread per so
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import re
 import resource
@@ -372,3 +373,41 @@ def test_sockets_that_send_nothing_are_closed_after_keepalive_and_harm_no_viewer
     log = server.log_path.read_text(errors="replace")
     assert "Traceback" not in log
     assert not [r for r in records(log) if r["level"] in ("ERROR", "CRITICAL")]
+
+
+def test_a_request_body_trickled_a_byte_a_second_gets_408_within_the_deadline(
+    tmp_path,
+):
+    """gunicorn bounds a request's head (keepalive) but not its body: the app reads every
+    body within BODY_DEADLINE_S, or answers 408 and closes the connection."""
+    from ticker.web.validation import BODY_DEADLINE_S
+
+    with Server.procfile(tmp_path / "gunicorn.log").start() as server:
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.sendall(
+            b"POST /watchlist HTTP/1.1\r\nHost: test\r\nContent-Length: 1000\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n\r\nsymbol="
+        )
+        opened = time.monotonic()
+        sock.settimeout(0.5)
+        answer = b""
+        while not answer and time.monotonic() - opened < BODY_DEADLINE_S + MARGIN_S:
+            with contextlib.suppress(TimeoutError, BlockingIOError):
+                answer = sock.recv(65536)
+            if not answer:
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"a")  # one byte now and then, never the whole body
+        took = time.monotonic() - opened
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert BODY_DEADLINE_S - EARLY_S <= took <= BODY_DEADLINE_S + MARGIN_S, took
+        # Then the connection closes: gunicorn drops the app's "Connection: close" (a
+        # hop-by-hop header), but reading the rest of the body is its next request's head,
+        # which keepalive bounds.
+        sock.settimeout(KEEPALIVE_S + MARGIN_S)
+        with contextlib.suppress(ConnectionResetError):
+            while sock.recv(65536):
+                pass
+        closed = time.monotonic() - opened - took
+        sock.close()
+        assert closed <= KEEPALIVE_S + MARGIN_S, closed
+        assert "Traceback" not in server.log()

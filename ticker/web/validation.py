@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+import gevent
 from flask import Flask, Response, abort, current_app, render_template, request
 from werkzeug.exceptions import HTTPException
 
@@ -125,6 +126,10 @@ def http_error(error: HTTPException) -> Response:
     else:
         text = f"{error.code} {error.name}: {error.description}\n"
         response = Response(text, status=error.code, mimetype="text/plain")
+    if error.code == 408:
+        # The rest of the body may still come: close (gevent's server honours this;
+        # gunicorn ignores it, and its keepalive bounds reading the rest instead).
+        response.headers["Connection"] = "close"
     if error.code == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
     if getattr(error, "valid_methods", None):
@@ -132,6 +137,27 @@ def http_error(error: HTTPException) -> Response:
     return response
 
 
+# A request body must arrive within this long, as its head must (gunicorn's keepalive): a
+# body trickled a byte a second would otherwise hold a worker connection for ever.
+BODY_DEADLINE_S = 5.0
+
+
+def read_body_in_time() -> None:
+    """Read the request's body (at most MAX_CONTENT_LENGTH) before the view runs, within
+    ``BODY_DEADLINE_S``; a body that takes longer gets 408 and the connection closes."""
+    if not request.content_length and "chunked" not in request.headers.get(
+        "Transfer-Encoding", ""
+    ):
+        return
+    try:
+        with gevent.Timeout(BODY_DEADLINE_S):
+            request.get_data(cache=True)  # the form and JSON parsers reuse this
+    except gevent.Timeout:
+        abort(408, f"The request body did not arrive within {BODY_DEADLINE_S:g} s.")
+
+
 def register(app: Flask) -> None:
-    """Every HTTP error of ``app`` goes through :func:`http_error`."""
+    """Every request body arrives in time, and every HTTP error of ``app`` goes through
+    :func:`http_error`."""
+    app.before_request(read_body_in_time)
     app.register_error_handler(HTTPException, http_error)
