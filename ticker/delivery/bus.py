@@ -137,6 +137,7 @@ class RedisBus:
         self.token = uuid.uuid4().hex
         self.leader = False
         self.connected = False
+        self._publish_failing = False
         self._renew = self.redis.register_script(_RENEW)
         self._publish = self.redis.register_script(_PUBLISH)
         self._greenlets: list[gevent.Greenlet] = []
@@ -218,7 +219,13 @@ class RedisBus:
                     args=[self.token, topic, message],
                 )
         except self._errors as exc:
-            log.warning("could not publish %s to redis: %s", topic, exc)
+            # Once per outage: the feed goes on ticking until the campaign notices that
+            # Redis is gone (within a second), and a line per tick would bury the rest.
+            if not self._publish_failing:
+                log.warning("could not publish %s to redis: %s", topic, exc)
+            self._publish_failing = True
+        else:
+            self._publish_failing = False
 
     # --- receiving (every process) ------------------------------------------------------
 
