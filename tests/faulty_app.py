@@ -15,12 +15,12 @@ _fault_at = int(os.environ["FAULT_AT_TICK"])
 _count = 0
 
 
-def _faulty_tick(symbol, shock=0.0):
+def _faulty_tick(symbol):
     global _count
     _count += 1
     if _count == _fault_at:
         raise RuntimeError("injected fault")
-    return _tick(symbol, shock)
+    return _tick(symbol)
 
 
 _market.tick = _faulty_tick
