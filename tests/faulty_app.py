@@ -19,14 +19,14 @@ _count = 0
 _faulted = False
 
 
-def _faulty_tick(symbol, shock=0.0):
+def _faulty_tick(symbol):
     global _count, _faulted
     _count += 1
     due = _count == _fault_at or (_flag is not None and os.path.exists(_flag))
     if due and not _faulted:
         _faulted = True
         raise RuntimeError("injected fault")
-    return _tick(symbol, shock)
+    return _tick(symbol)
 
 
 _market.tick = _faulty_tick

@@ -17,6 +17,7 @@ from gevent.event import Event
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ticker.market.clock import Schedule
 from ticker.market.model import HISTORY_LEN, Market, Quote, make_universe
 from ticker.market.news import Newsroom
 from ticker.rendering.charts import SPARK_LEN, chart, fit, position, sparkline
@@ -91,9 +92,12 @@ def test_the_open_is_drawn_when_it_is_in_range_or_close_to_it():
 
 
 def test_sparkline_and_chart_draw_the_quotes_history():
-    market = Market(make_universe(3, 2))
+    market = Market(make_universe(3, 2), 3)
     symbol = next(iter(market.companies))
-    for _ in range(HISTORY_LEN + 50):
+    # Full from the start: a market begins with the last HISTORY_LEN prices of its path.
+    quote = market.quotes[symbol]
+    assert len(quote.history) == HISTORY_LEN and quote.history[-1] == quote.last
+    for _ in range(50):
         quote = market.tick(symbol)
     assert len(quote.history) == HISTORY_LEN and quote.history[-1] == quote.last
     assert len(points(sparkline(quote).path)) == SPARK_LEN
@@ -103,7 +107,7 @@ def test_sparkline_and_chart_draw_the_quotes_history():
 
 
 def test_a_quote_survives_the_round_trip_through_json():
-    market = Market(make_universe(3, 1))
+    market = Market(make_universe(3, 1), 3)
     quote = market.tick(next(iter(market.companies)))
     assert Quote.from_dict(json.loads(json.dumps(asdict(quote)))) == quote
 
@@ -117,12 +121,12 @@ def test_position_is_a_clamped_percentage(value, expected):
 
 
 def test_the_summary_is_an_equal_weighted_index_and_the_breadth():
-    market = Market(make_universe(9, 3))
+    market = Market(make_universe(9, 3), 9)
     a, b, c = market.quotes.values()
     quotes = [
         replace(a, last=a.open * 1.10, ts=3),
         replace(b, last=b.open * 0.95, ts=5),
-        replace(c, ts=4),
+        replace(c, last=c.open, ts=4),
     ]
     s = summarize(quotes)
     assert s.level == pytest.approx(INDEX_BASE * (1.10 + 0.95 + 1.0) / 3, abs=0.01)
@@ -131,14 +135,21 @@ def test_the_summary_is_an_equal_weighted_index_and_the_breadth():
     assert summarize([]).level == INDEX_BASE
 
 
-def test_the_newsroom_is_seeded_and_good_news_moves_the_price_up():
+def test_the_newsroom_is_seeded_per_headline_and_good_news_moves_the_price_up():
     companies = make_universe(4, 5)
-    first = [Newsroom(11, lambda: 1.0).write(c) for c in companies]
-    again = [Newsroom(11, lambda: 1.0).write(c) for c in companies]
-    assert first == again
-    for company, (headline, shock) in zip(companies, first, strict=True):
-        assert headline.symbol == company.symbol and headline.ts == 1000
-        assert (shock > 0) == (headline.tone == "up")
+    schedule = Schedule(11, len(companies), 1.0, 20.0)
+    stories = [schedule.story(j) for j in range(90_000_000, 90_000_040)]
+    first = [Newsroom(11).write(s, companies[s.company]) for s in stories]
+    # Any order, any process: headline j's words depend on the seed and j alone.
+    again = [Newsroom(11).write(s, companies[s.company]) for s in reversed(stories)]
+    assert first == again[::-1]
+    assert len({h.text for h in first}) == len(first)
+    assert {h.tone for h in first} == {"up", "down"}
+    for story, headline in zip(stories, first, strict=True):
+        company = companies[story.company]
+        shock = Market.shock(company, story)
+        assert headline.symbol == company.symbol and headline.ts == story.ts
+        assert (shock > 0) == (headline.tone == "up") == story.good
         assert 2 * company.volatility <= abs(shock) <= 5 * company.volatility
         assert company.name in headline.text or company.symbol in headline.text
 

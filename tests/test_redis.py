@@ -15,7 +15,11 @@ import subprocess
 import time
 
 import pytest
-from support import Server, SSEClient, free_port, quote_events
+from support import TEST_ENV, Server, SSEClient, free_port, quote_events
+
+from ticker import Settings
+from ticker.market.clock import SEQ_PER_MS
+from ticker.market.model import Market, make_universe
 
 REDIS_SERVER = os.environ.get("TICKER_REDIS_SERVER", shutil.which("redis-server") or "")
 HOW_TO_ENABLE = (
@@ -197,23 +201,50 @@ def test_killing_the_leader_hands_the_feed_over_and_prices_continue(cluster):
         before = quotes(client.events_until(lambda ev: len(quotes(ev)) >= 3))
         os.kill(leader["pid"], signal.SIGKILL)
         killed = time.monotonic()
-        last_id = int(before[-1].id)
-        # Ticks already in flight may still arrive; wait for one a new leader made.
+        killed_ms = time.time() * 1000
+        # Ticks already in flight may still arrive; wait for one a new leader made (one
+        # that ticked after the old leader was gone: a tick is published when it is due).
         after = quotes(
             client.events_until(
-                lambda ev: any(int(e.id) > last_id + 5 for e in quotes(ev)), timeout=20
+                lambda ev: any(stamp(e) > killed_ms for e in quotes(ev)), timeout=20
             )
         )
         handover_s = time.monotonic() - killed
     ids = [int(e.id) for e in before + after]
     assert ids == sorted(ids) and len(set(ids)) == len(ids), ids
     assert handover_s < 15, handover_s
-    # Continued from the last published prices: the day's range only widens (a restart
-    # from the opening price would reset high and low to the open).
+    # Continued the market, as any process computes it from the seed and the time (a
+    # restart from the opening price would reset high and low to the open) ...
     last, first_new = before[-1].data, after[-1].data
+    for row in (last, first_new):
+        expected = market_at(stamp_of(row)).quotes[symbol]
+        for name in ("last", "high", "low"):
+            assert field(row, name) == getattr(expected, name), (name, row)
+        assert int(re.search(r'data-seq="(\d+)"', row).group(1)) == expected.seq
+    # ... so the day's range only widens.
     assert field(first_new, "high") >= field(last, "high")
     assert field(first_new, "low") <= field(last, "low")
     assert find_leader([a, b])["pid"] != leader["pid"]
+
+
+def stamp_of(html: str) -> int:
+    return int(re.search(r'data-ts="(\d+)"', html).group(1))
+
+
+def stamp(event) -> int:
+    return stamp_of(event.data)
+
+
+def market_at(at_ms: int) -> Market:
+    """The cluster's market (TEST_ENV), made in this process as it stands at ``at_ms``."""
+    env = Settings.from_env(TEST_ENV)
+    return Market(
+        make_universe(env.ticker_seed, env.ticker_symbols),
+        env.ticker_seed,
+        env.ticker_interval,
+        env.ticker_news_s,
+        clock=lambda: (at_ms + 0.5) / 1000,
+    )
 
 
 def worker_pids(server: Server) -> set[int]:
@@ -234,9 +265,11 @@ def test_restarting_redis_mid_stream_keeps_streams_open_and_resumes(
     with SSEClient(a.base, "/stream") as client:
         before = quotes(client.events_until(lambda ev: len(quotes(ev)) >= 15))
         redis_server.stop()
-        # While Redis is away the stream stays open on heartbeats, and health says so.
+        stopped_ms = time.time() * 1000
+        # While Redis is away the stream stays open on heartbeats, and health says so; the
+        # only ticks are those already on their way (ids are tick times, in ms * 1000).
         down = client.events_until(lambda ev: sum(bool(e.comments) for e in ev) >= 3)
-        assert all(e.id is None or int(e.id) <= int(before[-1].id) + 50 for e in down)
+        assert all(e.id is None or int(e.id) // SEQ_PER_MS <= stopped_ms for e in down)
         a.wait_for(
             lambda h: h["status"] == "degraded" and not h["bus"]["connected"],
             "health to report the lost bus",

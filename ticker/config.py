@@ -56,7 +56,9 @@ class Settings:
         checks = {
             "port": 0 <= self.port <= 65535,
             "ticker_symbols": 1 <= self.ticker_symbols <= 500,
-            "ticker_interval": self.ticker_interval > 0,
+            # Ticks of one symbol must be at least a millisecond apart: a tick's sequence
+            # number is its time (ticker/market/clock.py).
+            "ticker_interval": self.ticker_interval >= 0.002,
             "ticker_news_s": self.ticker_news_s >= 0,
             "heartbeat_s": self.heartbeat_s > 0,
             "max_streams": self.max_streams >= 1,

@@ -20,7 +20,6 @@ import logging
 import time
 import uuid
 from collections import deque
-from dataclasses import replace
 
 import gevent
 from flask import Flask
@@ -30,6 +29,7 @@ from ticker.config import Settings
 from ticker.delivery.broker import Broker, chart_topic
 from ticker.delivery.bus import Bus, LocalBus, RedisBus
 from ticker.delivery.connection import StreamRules
+from ticker.market.clock import SEQ_PER_MS
 from ticker.market.feed import Feed
 from ticker.market.model import Market, Quote, make_universe
 from ticker.market.news import NEWS_KEPT, Headline, Newsroom
@@ -49,7 +49,15 @@ class Service:
         self.settings = settings
         self.companies = make_universe(settings.ticker_seed, settings.ticker_symbols)
         self.symbols = tuple(c.symbol for c in self.companies)
-        self.market = Market(self.companies)
+        # The market as it stands now: every process computes the same one from the seed
+        # and the clock, so a restart continues it (see ticker/market/model.py).
+        self.market = Market(
+            self.companies,
+            settings.ticker_seed,
+            settings.ticker_interval,
+            settings.ticker_news_s,
+        )
+        self.newsroom = Newsroom(settings.ticker_seed)
         self.fragments = Fragments(app.jinja_env)
         self.broker = Broker(
             settings.max_streams,
@@ -69,10 +77,8 @@ class Service:
         self.feed = Feed(
             self.market,
             self.publish_quote,
-            settings.ticker_interval,
-            newsroom=Newsroom(settings.ticker_seed, time.time),
+            newsroom=self.newsroom,
             publish_news=self.publish_news,
-            news_s=settings.ticker_news_s,
         )
         # Names this process in logs, /healthz and each stream's first comment, so "which
         # worker am I on?" has an answer without exposing anything about the host.
@@ -85,8 +91,12 @@ class Service:
         # The market as this process delivers it: the latest quote of every symbol.
         self.quotes: dict[str, Quote] = {}
         self.last_quote_at: float | None = None  # time.time() of the newest quote
+        # The news strip, newest first: the latest headlines up to now (text is written
+        # for these five only).
         self.headlines: deque[Headline] = deque(maxlen=NEWS_KEPT)
-        self._seq = 0  # the latest sequence number this process published a tick with
+        for story in self.market.recent_stories(NEWS_KEPT):
+            company = self.market.companies[self.market.symbol_of(story)]
+            self.headlines.appendleft(self.newsroom.write(story, company))
         # Every tick changes the summary and its symbol's chart, but they go out at most
         # once a second each: the summary goes to every viewer of the table, and a chart
         # (kilobytes, and the costliest thing to render) only needs to keep up with eyes.
@@ -96,33 +106,35 @@ class Service:
         self.broadcasts = 0
         self._heart: gevent.Greenlet | None = None
         self.started_at = time.time()
-        # Opening quotes, so pages and streams have a snapshot before the first tick (with
-        # Redis, until the current market arrives from it).
+        # The current quotes and news, so pages and streams have a full snapshot (whole
+        # sparklines and charts, the day's range, the strip) before the first tick, and,
+        # with Redis, whether or not a leader is publishing.
         for quote in self.market.quotes.values():
             self.quotes[quote.symbol] = quote
             self.broker.remember(quote.symbol, quote.seq, self.fragments.quote(quote))
             self.broker.remember(
                 chart_topic(quote.symbol), quote.seq, self.fragments.chart(quote)
             )
+        if self.headlines:
+            self.broker.remember(
+                NEWS, _news_seq(self.headlines[0]), self.fragments.news(self.headlines)
+            )
         self.broker.remember(MARKET, self.market.seq, self._summary())
 
     # --- the leader's side: render each tick once and publish it ----------------------
 
     def publish_quote(self, quote: Quote) -> None:
-        """Give a tick its sequence number, render its row once, and publish it."""
-        seq = self.bus.claim_seq(quote.seq)
-        if seq is None:
-            return  # no longer the leader: the bus is about to stop this feed
-        self._seq = seq
-        quote = replace(quote, seq=seq)
-        self.bus.publish(quote.symbol, seq, self.fragments.quote(quote), quote)
+        """Render a tick's row once and publish it. Its sequence number comes with it
+        (from its time, so every process numbers it alike); the bus refuses it if this
+        process no longer leads."""
+        self.bus.publish(quote.symbol, quote.seq, self.fragments.quote(quote), quote)
         self._published[quote.symbol] = quote
         self._charts.poke(quote.symbol)
 
     def publish_news(self, headline: Headline) -> None:
         """Add ``headline`` to the news strip and publish the strip."""
         self.headlines.appendleft(headline)
-        self.bus.publish(NEWS, self._seq, self.fragments.news(self.headlines))
+        self.bus.publish(NEWS, _news_seq(headline), self.fragments.news(self.headlines))
 
     def broadcast(self, message: str) -> int:
         """Show ``message`` to every viewer (of every process); return local open streams."""
@@ -140,6 +152,10 @@ class Service:
         self, topic: str, seq: int, payload: bytes, quote: Quote | None
     ) -> None:
         """Keep the quote an event carries, and give its bytes to the broker."""
+        if topic != BROADCAST and seq < self.broker.latest_seq(topic):
+            # Older than what this process computed at start (a Redis hash written
+            # before the leader went away): the newer one stays.
+            return
         self.broker.publish(topic, seq, payload)
         if quote is not None:
             self.quotes[topic] = quote
@@ -177,11 +193,8 @@ class Service:
             self.broker.beat(self.fragments.heartbeat)
 
     def _on_elected(self) -> None:
-        # Continue from the last published prices (no jump back to the open), and never
-        # hand out a sequence number below one that viewers have already seen.
-        state = self.bus.load_quotes() or dict(self.quotes)
-        self.market.restore(state)
-        self.bus.raise_seq_floor(self.broker.last_seq)
+        # Nothing to restore: the feed moves the market to the present as it starts, and
+        # the present is the same for every process (ticker/market/clock.py).
         log.info(
             logfmt.event(
                 "feed.start",
@@ -206,6 +219,12 @@ class Service:
         if self._heart is not None:
             self._heart.kill()
             self._heart = None
+
+
+def _news_seq(headline: Headline) -> int:
+    """The news strip's sequence number: its newest headline's time, on the ticks' scale
+    (it has no SSE id; this orders it among the ticks in frames and snapshots)."""
+    return headline.ts * SEQ_PER_MS
 
 
 def _namespace(settings: Settings) -> str:

@@ -8,13 +8,18 @@ gives the bytes to its broker). The bus never looks into what it carries.
 
 - exactly one process runs the feed: the holder of a Redis lock that expires unless its
   holder renews it, so when a leader dies or hangs another takes over within seconds;
-- sequence numbers (the SSE ``id:``) come from one Redis counter, so they are global;
-- the latest event of every topic is kept in a Redis hash, so a process that starts (or a
-  leader that takes over) begins from the current market, not from the opening prices;
+- the latest event of every topic is kept in a Redis hash, so a process that starts (or
+  reconnects) hands its viewers what the leader last published;
 - every process subscribes to one pub/sub channel and hands on what it hears.
 
 The leader's writes are fenced: a Lua script checks the lock before every publish, so a
 leader that hung past its lock's expiry cannot publish over its successor.
+
+Neither bus has anything to do for the market's continuity or its sequence numbers: the
+market is a function of the seed and the time, and a tick's sequence number is its time
+(``ticker.market.clock``), so a new leader, or a restarted single process, continues the
+same market with ids above every one viewers have seen, and two processes number the same
+tick alike.
 """
 
 from __future__ import annotations
@@ -47,12 +52,9 @@ class Bus(Protocol):
         self, on_elected: Callable[[], None], on_deposed: Callable[[], None]
     ) -> None: ...
     def stop(self) -> None: ...
-    def claim_seq(self, local_seq: int) -> int | None: ...
     def publish(
         self, topic: str, seq: int, payload: bytes, quote: Quote | None = None
     ) -> None: ...
-    def load_quotes(self) -> dict[str, Quote]: ...
-    def raise_seq_floor(self, seq: int) -> None: ...
     def status(self) -> dict[str, object]: ...
 
 
@@ -72,19 +74,10 @@ class LocalBus:
     def stop(self) -> None:
         """Nothing to release."""
 
-    def claim_seq(self, local_seq: int) -> int | None:
-        return local_seq
-
     def publish(
         self, topic: str, seq: int, payload: bytes, quote: Quote | None = None
     ) -> None:
         self.receive(topic, seq, payload, quote)
-
-    def load_quotes(self) -> dict[str, Quote]:
-        return {}
-
-    def raise_seq_floor(self, seq: int) -> None:
-        """Sequence numbers come from this process's own market: nothing to raise."""
 
     def status(self) -> dict[str, object]:
         return {"kind": self.kind, "leader": True, "connected": True}
@@ -97,22 +90,11 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-# KEYS = lock, seq: the next global sequence number, for the lock holder only.
-_CLAIM = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return nil end
-return redis.call('INCR', KEYS[2])
-"""
 # KEYS = lock, latest, channel; ARGV = token, topic, message: remember and publish, fenced.
 _PUBLISH = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('PUBLISH', KEYS[3], ARGV[3])
-return 1
-"""
-# KEYS[1] = seq, ARGV[1] = floor: after Redis lost its data, ids must not start over.
-_RAISE_FLOOR = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 return 1
 """
 
@@ -150,16 +132,14 @@ class RedisBus:
             **options,
         )
         self.lock_key = f"{namespace}:leader"
-        self.seq_key = f"{namespace}:seq"
         self.latest_key = f"{namespace}:latest"
         self.channel = f"{namespace}:events"
         self.token = uuid.uuid4().hex
         self.leader = False
         self.connected = False
+        self._publish_failing = False
         self._renew = self.redis.register_script(_RENEW)
-        self._claim = self.redis.register_script(_CLAIM)
         self._publish = self.redis.register_script(_PUBLISH)
-        self._raise_floor = self.redis.register_script(_RAISE_FLOOR)
         self._greenlets: list[gevent.Greenlet] = []
 
     # --- leadership ---------------------------------------------------------------------
@@ -216,14 +196,6 @@ class RedisBus:
 
     # --- publishing (leader) ------------------------------------------------------------
 
-    def claim_seq(self, local_seq: int) -> int | None:
-        """The next global sequence number, or None if this process is not the leader."""
-        try:
-            seq = self._claim(keys=[self.lock_key, self.seq_key], args=[self.token])
-        except self._errors:
-            return None
-        return None if seq is None else int(seq)
-
     def publish(
         self, topic: str, seq: int, payload: bytes, quote: Quote | None = None
     ) -> None:
@@ -247,19 +219,13 @@ class RedisBus:
                     args=[self.token, topic, message],
                 )
         except self._errors as exc:
-            log.warning("could not publish %s to redis: %s", topic, exc)
-
-    def load_quotes(self) -> dict[str, Quote]:
-        """The last published quote of every symbol, for a new leader to continue from."""
-        quotes = {}
-        for raw in self.redis.hvals(self.latest_key):
-            message = json.loads(raw)
-            if message["quote"] is not None:
-                quotes[message["topic"]] = Quote.from_dict(message["quote"])
-        return quotes
-
-    def raise_seq_floor(self, seq: int) -> None:
-        self._raise_floor(keys=[self.seq_key], args=[seq])
+            # Once per outage: the feed goes on ticking until the campaign notices that
+            # Redis is gone (within a second), and a line per tick would bury the rest.
+            if not self._publish_failing:
+                log.warning("could not publish %s to redis: %s", topic, exc)
+            self._publish_failing = True
+        else:
+            self._publish_failing = False
 
     # --- receiving (every process) ------------------------------------------------------
 

@@ -1,55 +1,58 @@
-"""When the market moves: the feed ticks each symbol on its own rhythm and writes the news.
+"""The feed: waits for the market's clock and hands every tick (and headline) on.
 
-``Feed`` runs a :class:`~ticker.market.model.Market` in one supervised greenlet and hands
-every new quote (and headline) to a publisher; it knows nothing about HTML or HTTP.
+``Feed`` runs in one supervised greenlet. It does not decide when the market moves (the
+:class:`~ticker.market.clock.Schedule` does, from the seed) nor how (the
+:class:`~ticker.market.model.Market`); it sleeps until the next tick or headline is due,
+makes it, and passes it to a publisher. It knows nothing about HTML or HTTP.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
-import math
-import random
 import time
 from collections.abc import Callable
 
 import gevent
 
 from ticker import logfmt
+from ticker.market.clock import Story
 from ticker.market.model import Market, Quote
 from ticker.market.news import Headline, Newsroom
 
 log = logging.getLogger(__name__)
 
+# A feed this far behind its schedule (a stalled process, a suspended laptop) skips to the
+# present instead of publishing the backlog: the market went on meanwhile either way.
+CATCH_UP_MS = 2_000
+
 
 class Feed:
-    """Ticks a :class:`Market` in one greenlet and passes each new quote to ``publish``.
+    """Publishes each tick of a :class:`Market` when it is due, in one greenlet.
 
-    Each symbol keeps its own rhythm: its next tick is due ``interval`` seconds later on
-    average, jittered by +/-50 %, so updates arrive spread out like a real market's instead
-    of in one burst per second. If anything raises, the error is logged and the loop
-    restarts after a short pause: a crash never leaves the streams silently frozen.
+    Each symbol keeps its own rhythm (the schedule jitters every tick), so updates arrive
+    spread out like a real market's instead of in one burst per second. Ticks go out in
+    time order, which is sequence order. Starting (again) first moves the market silently
+    to the present: a new leader, or a feed restarted after a crash, continues the market
+    from where it stands now, not from where this process last looked. If anything
+    raises, the error is logged and the loop restarts after a short pause: a crash never
+    leaves the streams silently frozen.
     """
 
     def __init__(
         self,
         market: Market,
         publish: Callable[[Quote], None],
-        interval: float,
-        rng: random.Random | None = None,
         newsroom: Newsroom | None = None,
         publish_news: Callable[[Headline], None] | None = None,
-        news_s: float = 0.0,
     ) -> None:
         self.market = market
         self.publish = publish
-        self.interval = interval
-        self._rng = rng or random.Random()
-        # News: every ``news_s`` seconds on average (0: none), a headline about a random
-        # company, published right after the tick that it moved.
+        # News: headlines when the schedule has them (TICKER_NEWS_S > 0), published as
+        # they break; the price moves on the company's next tick.
         self.newsroom = newsroom
         self.publish_news = publish_news
-        self.news_s = news_s if newsroom is not None and publish_news else 0.0
+        self.news = bool(newsroom and publish_news and market.schedule.news_ms)
         self._greenlet: gevent.Greenlet | None = None
         self.ticks = 0
         self.restarts = 0
@@ -83,45 +86,42 @@ class Feed:
                 )
                 gevent.sleep(min(5.0, 0.1 * 2 ** min(self.restarts, 6)))
 
-    def _next_due(self, now: float) -> float:
-        return now + self.interval * self._rng.uniform(0.5, 1.5)
+    def _sleep_until(self, t_ms: int) -> None:
+        # Behind schedule, still yield: a feed that never sleeps would starve every
+        # stream and request.
+        gevent.sleep(max(0.0, (t_ms - self.market.now_ms()) / 1000))
 
     def _run(self) -> None:
-        now = time.monotonic()
-        # First ticks spread over one interval, so a fresh process does not tick in a burst.
-        due = [
-            (now + self.interval * self._rng.random(), s) for s in self.market.quotes
-        ]
+        market = self.market
+        now = market.now_ms()
+        market.advance_to(now)
+        # (when, index, symbol): the index breaks ties as sequence numbers do.
+        due = [(market.next_tick_ms(s), i, s) for i, s in enumerate(market.symbols)]
         heapq.heapify(due)
-        news_due = (
-            now + self.news_s * self._rng.uniform(0.5, 1.5) if self.news_s else math.inf
-        )
+        schedule = market.schedule
+        story = schedule.story(schedule.story_at(now) + 1) if self.news else None
         while True:
-            when, symbol = due[0]
-            if news_due < when:
-                gevent.sleep(max(0.0, news_due - time.monotonic()))
-                self._news()
-                news_due = time.monotonic() + self.news_s * self._rng.uniform(0.5, 1.5)
+            when, i, symbol = due[0]
+            headline = (
+                story is not None and story.ts <= when
+            )  # news first, then its tick
+            at = story.ts if headline and story is not None else when
+            if market.now_ms() - at > CATCH_UP_MS:
+                behind = market.now_ms() - at
+                log.warning(logfmt.event("feed.behind", behind_ms=behind))
+                return  # the supervisor runs it again, from the present
+            self._sleep_until(at)
+            if headline and story is not None:
+                self._headline(story)
+                story = schedule.story(story.index + 1)
                 continue
-            wait = when - time.monotonic()
-            # Behind schedule (more ticks asked for than this process can make), still
-            # yield: a feed that never sleeps would starve every stream and request.
-            gevent.sleep(max(0.0, wait))
-            self._tick(symbol)
-            heapq.heapreplace(
-                due, (self._next_due(max(when, time.monotonic() - 1)), symbol)
-            )
+            quote = market.tick(symbol)
+            self.ticks += 1
+            self.last_tick_at = time.time()
+            self.publish(quote)
+            heapq.heapreplace(due, (market.next_tick_ms(symbol), i, symbol))
 
-    def _tick(self, symbol: str, shock: float = 0.0) -> None:
-        quote = self.market.tick(symbol, shock)
-        self.ticks += 1
-        self.last_tick_at = time.time()
-        self.publish(quote)
-
-    def _news(self) -> None:
-        """A headline about a random company, after the tick it causes."""
+    def _headline(self, story: Story) -> None:
         assert self.newsroom is not None and self.publish_news is not None
-        company = self.market.companies[self._rng.choice(list(self.market.companies))]
-        headline, shock = self.newsroom.write(company)
-        self._tick(company.symbol, shock)
-        self.publish_news(headline)
+        company = self.market.companies[self.market.symbol_of(story)]
+        self.publish_news(self.newsroom.write(story, company))

@@ -1,19 +1,18 @@
 """Made-up market news: Faker-written headlines about the fictional companies.
 
-Every so often the feed asks the :class:`Newsroom` for a headline about one company; good
-news nudges its price up on the same tick and bad news down, so the news strip and the table
-tell the same story. The service keeps the latest few headlines and sends them as the
-``news`` event, which the page's news strip swaps in.
+Every ``TICKER_NEWS_S`` or so (the schedule says exactly when) a headline breaks about one
+company; good news nudges its price up on that company's next tick and bad news down, so the
+news strip and the table tell the same story. The service keeps the latest few headlines
+and sends them as the ``news`` event, which the page's news strip swaps in.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from faker import Faker
 
+from ticker.market.clock import Story
 from ticker.market.model import Company
 
 NEWS_KEPT = 5  # headlines in the strip
@@ -45,27 +44,27 @@ class Headline:
 
 
 class Newsroom:
-    """Writes headlines; the same seed gives the same news in the same order."""
+    """Writes headlines: the same seed and headline number give the same words, in any
+    process, so a restarted app shows the news strip it showed before.
 
-    def __init__(self, seed: int, clock: Callable[[], float]) -> None:
+    What a headline is about, when it breaks and which way it moves the price are the
+    schedule's (:class:`~ticker.market.clock.Story`); this only puts it into words, with
+    Faker seeded by ``(seed, j)``, so writing headline ``j`` costs the same whichever
+    headlines were written before it (a process that starts writes just the strip's five).
+    """
+
+    def __init__(self, seed: int) -> None:
+        self._seed = seed
         self._fake = Faker("en_US")
-        self._fake.seed_instance(seed)
-        self._rng = random.Random(seed)
-        self._clock = clock
 
-    def write(self, company: Company) -> tuple[Headline, float]:
-        """A headline about ``company`` and the price move it causes (a log return of
-        two to five times the stock's usual tick, up for good news, down for bad)."""
-        good = self._rng.random() < 0.5
-        template = self._rng.choice(_GOOD if good else _BAD)
-        text = template.format(
+    def write(self, story: Story, company: Company) -> Headline:
+        """The headline of ``story``, about ``company``."""
+        self._fake.seed_instance(f"{self._seed}:news:{story.index}")
+        templates = _GOOD if story.good else _BAD
+        text = templates[story.template % len(templates)].format(
             name=company.name,
             symbol=company.symbol,
             bs=self._fake.bs(),
             phrase=self._fake.catch_phrase().lower(),
         )
-        size = company.volatility * self._rng.uniform(2.0, 5.0)
-        headline = Headline(
-            company.symbol, text, "up" if good else "down", int(self._clock() * 1000)
-        )
-        return headline, size if good else -size
+        return Headline(company.symbol, text, "up" if story.good else "down", story.ts)
