@@ -16,16 +16,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
-from support import ROOT, nginx_conf
+from support import ROOT, Nginx
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -94,69 +92,14 @@ def http2_site(
     return swap(text, r"ssl_certificate_key \S+;", f"ssl_certificate_key {key};", name)
 
 
-class Proxy:
-    """A foreground nginx in ``prefix`` serving ``site`` (a site file, included inside
-    ``http {}`` as Debian's nginx.conf does), listening on ``ports``."""
-
-    def __init__(self, prefix: Path, site: str, ports: list[int]) -> None:
-        self.prefix = prefix
-        self.site = site
-        self.ports = ports
-        self.error_log = prefix / "error.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 10.0) -> Self:
-        p = self.prefix
-        (p / "temp").mkdir(exist_ok=True)  # nginx makes only the last level
-        (p / "ticker.conf").write_text(self.site)
-        conf = p / "nginx.conf"
-        # As in Debian's stock /etc/nginx/nginx.conf: sendfile, tcp_nopush, gzip on.
-        conf.write_text(
-            nginx_conf(
-                p,
-                f"    sendfile on;\n    tcp_nopush on;\n    gzip on;\n"
-                f"    include {p}/ticker.conf;",
-            )
-        )
-        command = [NGINX, "-p", f"{p}/", "-c", str(conf), "-e", str(self.error_log)]
-        tested = subprocess.run(
-            [*command, "-t"], check=False, capture_output=True, text=True
-        )
-        assert tested.returncode == 0, f"nginx refuses the config:\n{tested.stderr}"
-        with (p / "output.log").open("ab") as out:
-            self.process = subprocess.Popen(
-                [*command, "-g", "daemon off;"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while not all(_accepts(port) for port in self.ports):
-            if self.process.poll() is not None:
-                raise AssertionError(f"nginx exited at start:\n{self.log()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(
-                    f"nginx did not listen in {timeout}s:\n{self.log()}"
-                )
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()  # SIGTERM: nginx's fast shutdown, open streams and all
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def log(self) -> str:
-        parts = [self.prefix / "output.log", self.error_log]
-        return "\n".join(
-            p.read_text(errors="replace")[-3000:] for p in parts if p.exists()
-        )
+def proxy(prefix: Path, site: str, ports: list[int]) -> Nginx:
+    """nginx serving ``site`` on ``ports``, with Debian's stock http settings (sendfile,
+    tcp_nopush, gzip on) around it."""
+    http = (
+        "    sendfile on;\n    tcp_nopush on;\n    gzip on;\n"
+        f"    include {prefix}/ticker.conf;"
+    )
+    return Nginx(NGINX, prefix, http, ports, {"ticker.conf": site})
 
 
 @dataclass
@@ -166,14 +109,6 @@ class Site:
 
     base: str
     plain_port: int | None = None
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
 
 
 class StreamResponses:

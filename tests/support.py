@@ -469,3 +469,89 @@ http {{
 {http}
 }}
 """
+
+
+class Nginx:
+    """A throwaway foreground nginx whose whole state (pid, logs, temp files) lives under
+    ``prefix``: ``http`` is its ``http {}`` block (see :func:`nginx_conf`), ``files`` are
+    written into ``prefix`` first (a site the block includes, say), and it counts as
+    started once every port in ``ports`` accepts."""
+
+    def __init__(
+        self,
+        binary: str,
+        prefix: Path,
+        http: str,
+        ports: list[int],
+        files: dict[str, str] | None = None,
+    ) -> None:
+        self.binary, self.prefix, self.http = binary, prefix, http
+        self.ports, self.files = ports, files or {}
+        self.error_log = prefix / "error.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> Self:
+        p = self.prefix
+        (p / "temp").mkdir(
+            parents=True, exist_ok=True
+        )  # nginx makes only the last level
+        for name, text in self.files.items():
+            (p / name).write_text(text)
+        conf = p / "nginx.conf"
+        conf.write_text(nginx_conf(p, self.http))
+        command = [
+            self.binary,
+            "-p",
+            f"{p}/",
+            "-c",
+            str(conf),
+            "-e",
+            str(self.error_log),
+        ]
+        tested = subprocess.run(
+            [*command, "-t"], check=False, capture_output=True, text=True
+        )
+        assert tested.returncode == 0, f"nginx refuses the config:\n{tested.stderr}"
+        with (p / "output.log").open("ab") as out:
+            self.process = subprocess.Popen(
+                [*command, "-g", "daemon off;"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while not all(accepts(port) for port in self.ports):
+            if self.process.poll() is not None:
+                raise AssertionError(f"nginx exited at start:\n{self.log()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(
+                    f"nginx did not listen in {timeout}s:\n{self.log()}"
+                )
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()  # SIGTERM: nginx's fast shutdown, open streams and all
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def log(self) -> str:
+        parts = [self.prefix / "output.log", self.error_log]
+        return "\n".join(
+            p.read_text(errors="replace")[-3000:] for p in parts if p.exists()
+        )
+
+
+def accepts(port: int) -> bool:
+    """Whether something listens on ``port`` of 127.0.0.1."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False

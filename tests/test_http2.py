@@ -49,11 +49,11 @@ from browser_support import (
     wait_for_new_tick,
 )
 from http2_support import (
-    Proxy,
     Site,
     StreamResponses,
     http2_site,
     make_certificate,
+    proxy,
     require_nginx_and_openssl,
 )
 from support import Server, free_port
@@ -96,11 +96,11 @@ def h2(app, tmp_path_factory) -> Iterator[Site]:
     cert, key = make_certificate(prefix)
     tls_port, plain_port = free_port(), free_port()
     site = http2_site(app.port, tls_port, plain_port, cert, key)
-    proxy = Proxy(prefix, site, [tls_port, plain_port]).start()
+    nginx = proxy(prefix, site, [tls_port, plain_port]).start()
     try:
         yield Site(f"https://127.0.0.1:{tls_port}", plain_port)
     finally:
-        proxy.stop()
+        nginx.stop()
 
 
 @pytest.fixture(scope="module")
@@ -108,13 +108,13 @@ def h1(app, tmp_path_factory) -> Iterator[Site]:
     """nginx running docs/nginx.conf: ``http://127.0.0.1:<port>`` (HTTP/1.1)."""
     require_nginx_and_openssl()
     port = free_port()
-    proxy = Proxy(
+    nginx = proxy(
         tmp_path_factory.mktemp("nginx-h1"), sample_site(app.port, port), [port]
     ).start()
     try:
         yield Site(f"http://127.0.0.1:{port}")
     finally:
-        proxy.stop()
+        nginx.stop()
 
 
 # --- helpers ---------------------------------------------------------------------------

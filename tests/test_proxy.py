@@ -23,18 +23,15 @@ from __future__ import annotations
 import http.client
 import os
 import re
-import signal
-import socket
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
-from typing import Self
 
 import pytest
-from support import ROOT, Event, Server, SSEClient, free_port, is_quote, nginx_conf
+import support
+from support import ROOT, Event, Server, SSEClient, free_port, is_quote
 
 NGINX = os.environ.get("TICKER_NGINX", "/usr/sbin/nginx")
 HOW_TO_ENABLE = (
@@ -92,40 +89,20 @@ def sample_site(app_port: int, listen_port: int) -> str:
     return text
 
 
-class Nginx:
-    """A foreground nginx in ``prefix``: the sample config on ``port``, and on
-    ``bare_port`` a bare ``proxy_pass`` at ``/honoured/`` and ``/ignored/`` (which ignores
-    the app's ``X-Accel-Buffering``)."""
+class Nginx(support.Nginx):
+    """The sample config on ``port``, and on ``bare_port`` a bare ``proxy_pass`` at
+    ``/honoured/`` and ``/ignored/`` (which ignores the app's ``X-Accel-Buffering``)."""
 
     def __init__(self, binary: str, prefix: Path, app_port: int) -> None:
-        self.binary = binary
-        self.prefix = prefix
-        self.app_port = app_port
-        self.port = free_port()
-        self.bare_port = free_port()
-        self.error_log = prefix / "error.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def bare_base(self) -> str:
-        return f"http://127.0.0.1:{self.bare_port}"
-
-    def config(self) -> str:
-        p = self.prefix
-        app = f"http://127.0.0.1:{self.app_port}/"
-        return nginx_conf(
-            p,
-            f"""
+        self.port, self.bare_port = free_port(), free_port()
+        app = f"http://127.0.0.1:{app_port}/"
+        http = f"""
     # As in Debian's stock /etc/nginx/nginx.conf.
     sendfile on;
     tcp_nopush on;
     gzip on;
 
-    include {p}/ticker.conf;
+    include {prefix}/ticker.conf;
 
     server {{
         listen 127.0.0.1:{self.bare_port};
@@ -139,55 +116,17 @@ class Nginx:
             proxy_buffers 4 64k;
             proxy_busy_buffers_size 64k;
         }}
-    }}""",
-        )
+    }}"""
+        site = {"ticker.conf": sample_site(app_port, self.port)}
+        super().__init__(binary, prefix, http, [self.port, self.bare_port], site)
 
-    def start(self, timeout: float = 10.0) -> Self:
-        (self.prefix / "temp").mkdir(exist_ok=True)  # nginx makes only the last level
-        (self.prefix / "ticker.conf").write_text(sample_site(self.app_port, self.port))
-        conf = self.prefix / "nginx.conf"
-        conf.write_text(self.config())
-        with (self.prefix / "output.log").open("ab") as out:
-            self.process = subprocess.Popen(
-                [self.binary, "-p", f"{self.prefix}/", "-c", str(conf)]
-                + ["-e", str(self.error_log), "-g", "daemon off;"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"nginx exited at start:\n{self.log()}")
-            if all(_accepts(port) for port in (self.port, self.bare_port)):
-                return self
-            time.sleep(0.02)
-        self.stop()
-        raise AssertionError(f"nginx did not listen in {timeout}s:\n{self.log()}")
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()  # SIGTERM: nginx's fast shutdown, open streams and all
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def log(self) -> str:
-        parts = [self.prefix / "output.log", self.error_log]
-        return "\n".join(
-            p.read_text(errors="replace")[-3000:] for p in parts if p.exists()
-        )
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
+    @property
+    def bare_base(self) -> str:
+        return f"http://127.0.0.1:{self.bare_port}"
 
 
 # --- reading a stream against the clock ------------------------------------------------
