@@ -18,18 +18,22 @@ EVENT = "connected"
 LOOK_AT = 15  # events read from the start of a stream: the hello, the snapshot, ticks
 
 
-def first_events(server: Server, path: str) -> list[Event]:
-    with SSEClient(server.base, path) as client:
+def first_events(server: Server, path: str, gzip: bool = False) -> list[Event]:
+    headers = {"Accept-Encoding": "gzip"} if gzip else {}
+    with SSEClient(server.base, path, headers=headers) as client:
         assert client.status == 200, client.status
+        if gzip:
+            assert client.headers.get("Content-Encoding") == "gzip", client.headers
         return client.events_until(lambda events: len(events) >= LOOK_AT)
 
 
-def assert_connected_first(server: Server, path: str) -> None:
-    events = [e for e in first_events(server, path) if e.data]
+def assert_connected_first(server: Server, path: str, gzip: bool = False) -> None:
+    events = [e for e in first_events(server, path, gzip) if e.data]
     names = [e.event for e in events]
     assert EVENT in names, (
         f"{path} sent no {EVENT!r} event; its first events were {names[:8]}. Send "
-        "it with the stream's hello in ticker/delivery/connection.py (Connection._stream)"
+        "it as the viewer's own bytes with the stream's hello, in "
+        "ticker/delivery/connection.py (Connection._start)"
     )
     assert names.count(EVENT) == 1, f"{path}: one {EVENT!r} per connection: {names}"
     quotes = [i for i, e in enumerate(events) if f'data-symbol="{e.event}"' in e.data]
@@ -52,6 +56,12 @@ def test_the_table_stream_starts_with_a_connected_event(app_server: Server):
 def test_a_symbol_stream_starts_with_one_too(app_server: Server):
     symbol = app_server.get_json("/api/quotes")["quotes"][2]["symbol"]
     assert_connected_first(app_server, f"/stream/{symbol}")
+
+
+def test_a_gzip_stream_starts_with_one_too(app_server: Server):
+    """A viewer that takes gzip gets it too: its own bytes, compressed on their own
+    (Connection._own), never spliced into the audience's shared compressed stream."""
+    assert_connected_first(app_server, "/stream", gzip=True)
 
 
 def swap_target(server: Server, path: str) -> Element:

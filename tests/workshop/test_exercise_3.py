@@ -26,8 +26,10 @@ TOP = 5
 # Twelve symbols ticking every ~2 s and every event sent at once (no frames): a fresh
 # /api/quotes almost always shows the market the event was made from.
 CALM = {"TICKER_INTERVAL": "2.0", "FRAME_MS": "0"}
-# A market that never ticks in practice (see tests/test_proxy.py).
-STILL = {"TICKER_INTERVAL": "1e9"}
+# A market that never ticks in practice (see tests/test_proxy.py), and without news: at
+# start-up the market replays a day of ticks with the headlines between them, and a day of
+# ticks 1e9 s apart holds more headlines than a process could ever replay.
+STILL = {"TICKER_INTERVAL": "1e9", "TICKER_NEWS_S": "0"}
 
 
 @pytest.fixture(scope="module")

@@ -49,14 +49,18 @@ def alerts_path(**query: object) -> str:
     return "/alerts?" + urlencode(query)
 
 
-def open_alerts(server: Server, path: str) -> SSEClient:
-    client = SSEClient(server.base, path)
+def open_alerts(server: Server, path: str, gzip: bool = False) -> SSEClient:
+    headers = {"Accept-Encoding": "gzip"} if gzip else {}
+    client = SSEClient(server.base, path, headers=headers)
     assert client.status == 200, (
         f"GET {path} answered {client.status}: add the /alerts route (in "
         "ticker/web/streams.py, or a blueprint of its own)"
     )
     kind = client.headers["Content-Type"]
     assert kind.startswith("text/event-stream"), f"{path} sends {kind}"
+    if gzip:  # like every stream, compressed for a viewer that asks (Connection._own)
+        encoding = client.headers.get("Content-Encoding")
+        assert encoding == "gzip", f"{path} with Accept-Encoding: gzip sent {encoding}"
     return client
 
 
@@ -121,9 +125,10 @@ def first_alert(client: SSEClient, within_s: float) -> Event | None:
     return None
 
 
-def test_alerts_fire_when_the_price_crosses_either_way(market: Server):
+@pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])
+def test_alerts_fire_when_the_price_crosses_either_way(market: Server, gzip: bool):
     """Thresholds a cent either side of the price: the symbol's next tick crosses one.
-    Fresh streams until both kinds have come (or ``ATTEMPTS`` streams)."""
+    Fresh streams until both kinds have come (or ``ATTEMPTS`` streams), plain and gzip."""
     kinds: set[str] = set()
     silent = 0
     for _ in range(ATTEMPTS):
@@ -131,7 +136,7 @@ def test_alerts_fire_when_the_price_crosses_either_way(market: Server):
         last = Decimal(str(quote["last"]))
         above, below = last + CENT, last - CENT
         path = alerts_path(symbol=quote["symbol"], above=above, below=below)
-        with open_alerts(market, path) as client:
+        with open_alerts(market, path, gzip) as client:
             event = first_alert(client, within_s=3)
         if event is None:  # a tick slipped in before the stream began: rare
             silent += 1
