@@ -115,3 +115,12 @@ def test_readme_settings_table_gives_each_default_the_code_has():
         and normalised(table[field.name.upper()]) != normalised(field.default)
     }
     assert wrong == {}, "README default vs code default"
+
+
+def test_news_far_more_frequent_than_ticks_is_refused_with_a_clear_error():
+    """Starting replays the trading day, headlines included: news at a hundred times the
+    tick rate would make that take minutes or never end, so it is refused up front."""
+    with pytest.raises(ConfigError, match="TICKER_NEWS_S=20 is too frequent"):
+        Settings(ticker_interval=1e9, ticker_news_s=20)
+    Settings(ticker_interval=1e9, ticker_news_s=0)  # a frozen market: no news at all
+    Settings(ticker_interval=2.0, ticker_news_s=1)  # two headlines a tick is fine

@@ -11,6 +11,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+# Headlines per tick interval at most (see Settings.__post_init__).
+NEWS_PER_TICK = 2
+
 
 class ConfigError(ValueError):
     """A setting has a value the app cannot run with."""
@@ -73,6 +76,18 @@ class Settings:
         bad = [name.upper() for name, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(f"out of range: {', '.join(bad)}")
+        # A process that starts replays the trading day so far (86,400 ticks of each
+        # symbol), headlines included: news far more frequent than ticks would make that
+        # replay take minutes or never end, so it is refused up front.
+        if (
+            self.ticker_news_s
+            and self.ticker_interval / self.ticker_news_s > NEWS_PER_TICK
+        ):
+            raise ConfigError(
+                f"TICKER_NEWS_S={self.ticker_news_s:g} is too frequent for "
+                f"TICKER_INTERVAL={self.ticker_interval:g}: at most {NEWS_PER_TICK} "
+                "headlines per tick interval; raise it, or set TICKER_NEWS_S=0 for no news"
+            )
 
     @classmethod
     def from_env(
