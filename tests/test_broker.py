@@ -378,3 +378,20 @@ def test_a_gzip_audience_grows_its_compressor_only_when_it_is_big(short_epochs):
         text = inflate.decompress(head) + inflate.decompress(unchunk(drain(theirs)))
         assert inflate.eof and text.endswith(b"<AAA:7>")
         ours.close()
+
+
+def test_a_frame_closes_frame_s_after_its_first_events_moment_not_its_arrival(
+    monkeypatch,
+):
+    """An event that arrives late (its tick could only be made once a long fan-out let the
+    feed run) waits only what is left of its frame, not a whole frame more."""
+    from ticker.delivery import broker as broker_module
+
+    waits = []
+    monkeypatch.setattr(
+        broker_module.gevent, "spawn_later", lambda wait, _: waits.append(wait)
+    )
+    Broker(max_streams=10, frame_s=0.5).publish("AAA", 1, b"<AAA:1>", late_s=0.4)
+    Broker(max_streams=10, frame_s=0.5).publish("AAA", 1, b"<AAA:1>", late_s=0.9)
+    Broker(max_streams=10, frame_s=0.5).publish("AAA", 1, b"<AAA:1>")
+    assert waits == [pytest.approx(0.1), 0.0, 0.5]

@@ -156,7 +156,8 @@ class Service:
             # Older than what this process computed at start (a Redis hash written
             # before the leader went away): the newer one stays.
             return
-        self.broker.publish(topic, seq, payload)
+        late_s = time.time() - quote.ts / 1000 if quote is not None else 0.0
+        self.broker.publish(topic, seq, payload, late_s)
         if quote is not None:
             self.quotes[topic] = quote
             self.last_quote_at = time.time()

@@ -197,12 +197,19 @@ class Broker:
         sent = self._closed_bytes + sum(c.sent_bytes for c in self._open)
         return events, sent
 
-    def publish(self, topic: str, seq: int, payload: bytes) -> None:
-        """Remember ``payload`` as the latest of ``topic`` and send it with the next frame."""
+    def publish(
+        self, topic: str, seq: int, payload: bytes, late_s: float = 0.0
+    ) -> None:
+        """Remember ``payload`` as the latest of ``topic`` and send it with the next frame.
+
+        ``late_s``: how long after its moment the event arrives (a tick the feed could
+        only make once the fan-out let it run, or one that crossed Redis). The frame it
+        opens closes ``frame_s`` after that moment, not after the arrival: what made it
+        late is counted into the frame's wait instead of added to it."""
         self.remember(topic, seq, payload)
         self.published += 1
         self._frame[topic] = (seq, self.published, topic, payload)
-        self._schedule()
+        self._schedule(late_s)
 
     def beat(self, heartbeat: bytes) -> None:
         """Send ``heartbeat`` to every stream with the next frame (and keep it out of
@@ -223,7 +230,7 @@ class Broker:
         self._renderers[topic] = render
         self._schedule()
 
-    def _schedule(self) -> None:
+    def _schedule(self, late_s: float = 0.0) -> None:
         if self.frame_s <= 0:
             self.flush()
         elif not self._frame_due:
@@ -231,7 +238,7 @@ class Broker:
             # the median wait, but not the worst one, and measured 37 % more CPU per
             # update at 10,000 viewers: more frames, each carrying fewer events.)
             self._frame_due = True
-            gevent.spawn_later(self.frame_s, self.flush)
+            gevent.spawn_later(max(0.0, self.frame_s - late_s), self.flush)
 
     def remember(self, topic: str, seq: int, payload: bytes) -> None:
         """Keep ``payload`` as the latest of ``topic`` (what new viewers get first), without
