@@ -217,6 +217,18 @@ def test_the_first_frame_skips_events_the_snapshot_already_had():
     assert read(viewer) == b"<AAA:2>"
 
 
+def test_a_first_frame_wholly_in_the_snapshot_leaves_a_caught_up_viewer_direct():
+    broker = Broker(max_streams=10, frame_s=0.05)
+    publish(broker, "AAA", 1)  # waiting for the frame when the viewer arrives
+    viewer, ours, theirs = caught_up_viewer(broker, ["AAA"])
+    with ours, theirs:
+        broker.flush()  # nothing in it the snapshot did not have
+        assert viewer.direct, "the fan-out must go on writing to this viewer"
+        publish(broker, "AAA", 2)
+        broker.flush()
+        assert theirs.recv(100) == chunk(b"<AAA:2>")
+
+
 def test_an_event_published_at_flush_is_rendered_as_the_frame_goes_out_and_ends_it():
     broker = Broker(max_streams=10, frame_s=0.05)
     viewer = subscribe(broker, "multi", ["AAA", "BBB", "market"])

@@ -281,6 +281,8 @@ class Connection:
             # come twice, so these bytes are this viewer's own: the mailbox sends them.
             floor, self.floor = self.floor, 0
             items = [item for item in items if item[1] > floor]
+            if not items:  # all in the snapshot: stay on the direct path
+                return 0
             self.direct = False
         if self.direct:
             if not self.gzip:
