@@ -62,8 +62,8 @@ def main() -> None:
     )
 
     def shutdown() -> None:
-        service.stop()  # ends every stream at once, so stopping the server does not wait
-        server.stop(timeout=5)
+        server.close()  # accept no more
+        service.leave(5)  # ends every stream at once, and the process
 
     gevent.signal_handler(signal.SIGTERM, shutdown)
     gevent.signal_handler(signal.SIGINT, shutdown)

@@ -96,9 +96,10 @@ def post_worker_init(worker):
 
     def stop_streams_on_shutdown():
         # SIGTERM only clears worker.alive; without this, open streams would keep the
-        # worker busy until graceful_timeout and then be cut mid-write.
+        # worker busy until graceful_timeout and then be cut mid-write. The worker exits
+        # from here, before graceful_timeout, once every stream has ended.
         while worker.alive:
             gevent.sleep(0.1)
-        service.stop()
+        service.leave(graceful_timeout / 2)
 
     gevent.spawn(stop_streams_on_shutdown)

@@ -353,6 +353,12 @@ class SSEClient:
         self.decoded_bytes = 0
 
     @property
+    def ended_cleanly(self) -> bool:
+        """The chunked body ended with its last chunk, not with the connection cut (both
+        read as the end of the stream; only a last chunk leaves no chunk pending)."""
+        return self.response.chunk_left is None and self.response.isclosed()
+
+    @property
     def gzip_ended_cleanly(self) -> bool:
         """The gzip stream ended with its trailer, CRC and length checked by zlib."""
         inflate = self._inflate

@@ -6,6 +6,7 @@ end of a socket pair, as the direct path has after its headers went out.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -13,7 +14,7 @@ import gevent
 import pytest
 
 from ticker.delivery.broker import BROADCAST, Broker, StreamLimitReached, chunk
-from ticker.delivery.connection import Connection, StreamRules
+from ticker.delivery.connection import LAST_CHUNK, Connection, StreamRules
 
 RULES = StreamRules(write_timeout_s=30, retry_ms=1000, process_id="test")
 
@@ -229,6 +230,43 @@ def test_a_first_frame_wholly_in_the_snapshot_leaves_a_caught_up_viewer_direct()
         assert theirs.recv(100) == chunk(b"<AAA:2>")
 
 
+def fill(sock):
+    """Write to ``sock`` until its send buffer (and the peer's receive buffer) is full."""
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(sock.fileno(), b"x" * 65536)
+
+
+def test_closing_ends_a_caught_up_viewer_at_once_and_wakes_one_that_is_behind():
+    broker = Broker(max_streams=10)
+    ready, ours, theirs = caught_up_viewer(broker, ["AAA"])
+    behind, ours2, theirs2 = caught_up_viewer(broker, ["AAA"])
+    with ours, theirs, ours2, theirs2:
+        fill(ours2)
+        broker.close(lambda: b"<bye>")
+        # One write: the farewell, then the end of the chunked body; nothing after it.
+        assert theirs.recv(100) == chunk(b"<bye>") + LAST_CHUNK
+        assert theirs.recv(100) == b"", "its socket is shut: nothing can follow"
+        # The other's socket took nothing: its own greenlet is woken to end it.
+        assert ready.ended and not ready._wake.is_set(), "ended here, not woken"
+        assert broker.open_streams == 1
+        assert behind.ended and behind.farewell == b"<bye>" and behind._wake.is_set()
+
+
+def test_a_gzip_viewer_not_ended_at_once_keeps_its_checksum_for_its_own_ending():
+    broker = Broker(max_streams=10)
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    viewer = Connection(broker, RULES, "multi", ("AAA",), "", ours, True, True, True)
+    broker.subscribe(viewer)
+    viewer.snapshot, viewer.direct = None, True
+    with ours, theirs:
+        fill(ours)
+        before = viewer.crc, viewer.size
+        assert not viewer.end_now(b"<bye>")
+        assert (viewer.crc, viewer.size) == before, "the trailer would not check out"
+
+
 def test_an_event_published_at_flush_is_rendered_as_the_frame_goes_out_and_ends_it():
     broker = Broker(max_streams=10, frame_s=0.05)
     viewer = subscribe(broker, "multi", ["AAA", "BBB", "market"])
@@ -357,7 +395,7 @@ def test_a_gzip_viewer_that_falls_behind_mid_epoch_rejoins_and_ends_as_valid_gzi
     for seq in range(9, 16):
         publish(broker, "AAA" if seq % 2 else "BBB", seq)
     assert viewer.joined, "rejoined at an epoch's end"
-    broker.close()
+    viewer.end()  # its own greenlet ends it (broker.close would, at once: see below)
     runner.join(timeout=5)
     received += drain(theirs)
     inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -383,9 +421,9 @@ def test_a_gzip_audience_grows_its_compressor_only_when_it_is_big(short_epochs):
         publish(broker, "AAA", seq)
     assert first[0].deflate.big and first[0].joined
     broker.close()
-    gevent.sleep(0.01)
+    assert broker.open_streams == 0, "every caught-up viewer is ended at once"
     for viewer, ours, theirs, head, runner in [first, *others]:
-        runner.join(timeout=5)
+        runner.kill()  # left waiting: the process would exit now
         inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
         text = inflate.decompress(head) + inflate.decompress(unchunk(drain(theirs)))
         assert inflate.eof and text.endswith(b"<AAA:7>")

@@ -50,8 +50,9 @@ def test_sigterm_ends_open_streams_at_once_and_the_server_exits_quickly(tmp_path
             while True:
                 client.next()  # heartbeats every 0.5 s until the stream ends
         except EOFError:
-            pass  # the stream ended cleanly: the chunked body was terminated, not reset
+            pass
         ended = time.monotonic() - signalled
+        assert client.ended_cleanly, "the chunked body must end with its last chunk"
         server.process.wait(15)
         exit_seconds = time.monotonic() - signalled
     finally:

@@ -17,9 +17,11 @@ to serve (gunicorn's ``post_worker_init`` hook, or ``python app.py``), and
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections import deque
+from typing import NoReturn
 
 import gevent
 from flask import Flask
@@ -211,8 +213,15 @@ class Service:
 
     def stop(self) -> None:
         """End all streams, the feed and the bus (the process is shutting down)."""
-        log.info(logfmt.event("shutdown", streams=self.broker.open_streams))
+        streams = self.broker.open_streams
         self.broker.close(self.stream_rules.spread_retry)
+        log.info(
+            logfmt.event(
+                "shutdown",
+                streams=streams,
+                ended_at_once=streams - self.broker.open_streams,
+            )
+        )
         self.feed.stop()
         self._charts.cancel()
         self._summaries.cancel()
@@ -220,6 +229,23 @@ class Service:
         if self._heart is not None:
             self._heart.kill()
             self._heart = None
+
+    def leave(self, wait_s: float) -> NoReturn:
+        """Stop, give the streams that end themselves at most ``wait_s``, and end the
+        process at once.
+
+        What a process going away has left to do once every viewer has its last bytes is
+        to unwind a greenlet per stream through the server's stack, each to find its
+        socket already shut: for 10,000 viewers that was 3.3 s of CPU, on the core the next
+        process needs right then to take them back. ``os._exit`` leaves that to the kernel.
+        """
+        self.stop()
+        deadline = time.monotonic() + wait_s
+        while self.broker.open_streams and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        log.info(logfmt.event("exit", streams_cut=self.broker.open_streams))
+        logging.shutdown()  # flush every handler: nothing runs after this
+        os._exit(0)
 
 
 def _news_seq(headline: Headline) -> int:

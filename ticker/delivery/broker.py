@@ -65,6 +65,7 @@ class Viewer(Protocol):
     def pending(self) -> int: ...
     def deliver(self, frame: Frame) -> int: ...
     def end(self, farewell: bytes = b"") -> None: ...
+    def end_now(self, farewell: bytes = b"") -> bool: ...
 
 
 class StreamLimitReached(Exception):
@@ -362,10 +363,17 @@ class Broker:
 
     def close(self, farewell: Callable[[], bytes] | None = None) -> None:
         """End every stream (the process is shutting down) and refuse new ones; each
-        ends with ``farewell()``, if given (say, a retry hint of its own)."""
+        ends with ``farewell()``, if given (say, a retry hint of its own).
+
+        A caught-up viewer is ended here and now, in one write
+        (:meth:`~ticker.delivery.connection.Connection.end_now`); any other is woken to
+        end itself, and is counted in ``open_streams`` until it has.
+        """
         self.closing = True
         for viewer in list(self._open):
-            viewer.end(farewell() if farewell is not None else b"")
+            last = farewell() if farewell is not None else b""
+            if not viewer.end_now(last):
+                viewer.end(last)
 
 
 def with_broadcasts(topics: Iterable[str]) -> tuple[str, ...]:
