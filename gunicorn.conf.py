@@ -88,9 +88,17 @@ def on_starting(server):
 def post_worker_init(worker):
     """Start this worker's feed, and end its streams as soon as it is told to stop."""
     import gevent
+    from gevent.server import StreamServer
 
     from ticker import get_service
 
+    # When a worker is replaced, every viewer is back within a second or two: faster than
+    # one worker takes them, so they wait. gevent accepts at most 100 connections per
+    # wake-up (max_accept), and then serves the ones it has; a herd of 10,000 overflowed
+    # the kernel's accept queue (somaxconn, 4096) and the dropped had to resend their SYN
+    # a second later. Accepting more at a time, the herd waits in the worker instead,
+    # where nothing is dropped. (With several workers gunicorn sets 1, to share them out.)
+    StreamServer.max_accept = 1000
     service = get_service(worker.wsgi)
     service.start()
 
