@@ -891,10 +891,24 @@ def storm(loadgen: Path, scenario: str, n: int, args: argparse.Namespace) -> dic
     return result
 
 
+def cpu() -> str:
+    """The processor's model and how many cores: figures move with both."""
+    model = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        "?",
+    )
+    return f"{model}, {os.cpu_count()} cores"
+
+
 def storm_environment() -> dict:
     """What a storm ran on: only the app's venv is needed, so only its versions."""
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpu": cpu(),
         "cpu_count": os.cpu_count(),
         "kernel": platform.release(),
         "python": platform.python_version(),
@@ -966,17 +980,9 @@ def environment() -> dict:
             return "?"
 
     lock = json.loads((PEERS / "express" / "package-lock.json").read_text())["packages"]
-    cpu_model = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        "?",
-    )
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpu": f"{cpu_model}, {os.cpu_count()} cores",
+        "cpu": cpu(),
         "memory_gib": round(
             os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1
         ),
