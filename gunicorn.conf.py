@@ -50,7 +50,7 @@ class AccessLogger(Logger):
 
     def access(self, resp, req, environ, request_time) -> None:
         if not self.access_log_enabled or environ.get(STREAM_LOGGED):
-            return  # a stream's own stream.open and stream.close lines say it all
+            return  # a stream's own stream.close line says it all
         atoms = self.atoms(resp, req, environ, request_time)
         self.access_log.info(
             logfmt.event(

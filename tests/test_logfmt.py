@@ -16,10 +16,10 @@ from ticker.logfmt import LineFormatter, event
 
 def test_plain_values_are_written_bare_and_the_rest_quoted():
     line = event(
-        "stream.open", client="::1", open=3, ok=True, note="two words", empty=""
+        "stream.close", client="::1", open=3, ok=True, note="two words", empty=""
     )
     assert (
-        line == 'event=stream.open client=::1 open=3 ok=true note="two words" empty=""'
+        line == 'event=stream.close client=::1 open=3 ok=true note="two words" empty=""'
     )
 
 

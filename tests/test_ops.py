@@ -1,5 +1,5 @@
 """What an operator sees of a real server: /metrics moving as viewers come and go, and one
-``key=value`` log line for every stream opened, closed or refused and every feed restart.
+``key=value`` log line for every stream closed or refused and every feed restart.
 
 The server is the Procfile's gunicorn on a loopback port; /metrics is read with
 prometheus_client's own parser, and the log file is parsed by the rules ``ticker/logfmt.py``
@@ -113,7 +113,7 @@ def test_broadcasts_count_only_the_authorized_ones(quiet):
     assert quiet.metrics()["ticker_broadcasts_total"] == start + 1
 
 
-def test_a_stream_logs_one_open_and_one_close_line_with_how_long_it_lasted(quiet):
+def test_a_stream_logs_one_line_when_it_ends_with_how_long_it_lasted(quiet):
     since = log_size(quiet)
     symbol = a_symbol(quiet)
     opened = time.monotonic()
@@ -121,21 +121,16 @@ def test_a_stream_logs_one_open_and_one_close_line_with_how_long_it_lasted(quiet
         read = client.events_until(lambda ev: time.monotonic() - opened > 0.5)
     held = time.monotonic() - opened
     (close,) = wait_for_events(quiet, since, "stream.close")
-    (open_,) = events(quiet, since, "stream.open")
-    assert {k: v for k, v in open_.items() if k != "time"} == {
-        "event": "stream.open",
+    assert events(quiet, since, "stream.open") == [], "nothing is logged at connect"
+    fields = {k: close[k] for k in ("client", "route", "symbols", "open", "level")}
+    assert fields == {
         "client": "127.0.0.1",
         "route": "symbol",
         "symbols": "1",
-        "open": "1",
+        "open": "0",
         "level": "INFO",
-        "logger": "ticker.delivery.connection",
     }
-    assert (close["client"], close["route"], close["open"]) == (
-        "127.0.0.1",
-        "symbol",
-        "0",
-    )
+    assert close["logger"] == "ticker.delivery.connection"
     # The stream's real length in seconds: at least what was read, and not minutes (a
     # unit slip) or the noticing of the close much later; a busy machine adds seconds.
     assert 0.4 <= float(close["duration_s"]) <= held + 5
@@ -215,10 +210,10 @@ def test_every_log_line_is_one_record_that_reads_back_what_clients_sent(server):
     assert broadcast["message"] == message
 
 
-def test_a_stream_logs_two_lines_and_a_page_one(server):
-    """A stream's stream.open and stream.close say all an access line would (client,
-    route, duration, bytes), so the access log leaves streams out: a herd of 10,000
-    viewers reconnecting after a deploy writes 20,000 lines, not 30,000."""
+def test_a_stream_logs_one_line_and_a_page_one(server):
+    """A stream's stream.close says all an access line would (client, route, duration,
+    bytes), so the access log leaves streams out, and nothing is logged as one opens: a
+    herd of 10,000 viewers reconnecting after a deploy writes no line as it arrives."""
     since = log_size(server)
     with SSEClient(server.base, "/stream") as client:
         client.next()
@@ -227,7 +222,8 @@ def test_a_stream_logs_two_lines_and_a_page_one(server):
     wait_for_events(server, since, "http.request")
     requests = [r["request"] for r in events(server, since, "http.request")]
     assert requests == ["GET /healthz HTTP/1.1"], requests
-    assert len(events(server, since, "stream.open")) == 1
+    assert len(events(server, since, "stream.close")) == 1
+    assert events(server, since, "stream.open") == []
 
 
 # --- Each remaining figure of the README's metrics table, and the shutdown line ----------
