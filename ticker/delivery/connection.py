@@ -92,7 +92,7 @@ class StreamRules:
 
 
 # How widely the retry hints of a process that goes away are spread (see spread_retry).
-SPREAD_MS = int(os.environ.get("X_SPREAD_MS", "1500"))
+SPREAD_MS = 1500
 
 
 class _Stalled(Exception):
