@@ -20,8 +20,7 @@ import time
 # (the logging HOWTO's "Optimization"): the format names no thread, caller or
 # multiprocessing name. Under gevent those are dear: ``threading.current_thread()`` makes a
 # dummy Thread for each greenlet that logs, and the caller is found by walking up a stack as
-# deep as gunicorn's and Flask's frames. A herd of reconnecting viewers logs 10,000 lines a
-# second: this took a sixth off the CPU each connect costs.
+# deep as gunicorn's and Flask's frames, in a worker that may hold ten thousand greenlets.
 logging.logThreads = False
 logging.logMultiprocessing = False
 logging._srcfile = None

@@ -11,7 +11,8 @@ rows on screen.
 ``create_app`` builds a :class:`Service` without starting anything, so importing the app
 does no work. Whoever serves the app calls :meth:`Service.start` once the process is ready
 to serve (gunicorn's ``post_worker_init`` hook, or ``python app.py``), and
-:meth:`Service.stop` when it shuts down, which ends every open stream at once.
+:meth:`Service.leave` when it shuts down, which ends every open stream at once and then
+the process.
 """
 
 from __future__ import annotations
@@ -236,7 +237,7 @@ class Service:
 
         What a process going away has left to do once every viewer has its last bytes is
         to unwind a greenlet per stream through the server's stack, each to find its
-        socket already shut: for 10,000 viewers that was 3.3 s of CPU, on the core the next
+        socket already shut: for 10,000 viewers that was 3.6 s of CPU, on the core the next
         process needs right then to take them back. ``os._exit`` leaves that to the kernel.
         """
         self.stop()

@@ -361,7 +361,7 @@ class Connection:
         then, and its own greenlet does the same.
 
         This is how a process going away ends its streams. Waking ten thousand greenlets to
-        end themselves, each unwinding its stack through gunicorn's, costs ten times more,
+        end themselves, each unwinding its stack through gunicorn's, cost seven times more,
         at the moment the next process needs the core to take the viewers back.
         """
         if not self.direct or self.backlog or self.ended:
@@ -386,7 +386,7 @@ class Connection:
         # Its greenlet is not woken: the process is about to exit (Service.leave). Nor is
         # its end logged: the process's event=shutdown line counts the streams it ended
         # at once, where ten thousand stream.close lines would double what ending costs.
-        self._free(socket.SHUT_RDWR, logged=False)
+        self._free(socket.SHUT_RDWR)
         return True
 
     def end(self, farewell: bytes = b"") -> None:
@@ -592,26 +592,10 @@ class Connection:
             self.end()
 
     def _release(self) -> None:
-        if not self._released:
-            self.end()
-            self._free(socket.SHUT_RD, logged=True)
-
-    def _free(self, how: int, logged: bool) -> None:
-        """Free the stream's slot, timers and watcher, shut its socket down ``how``, and
-        log its end if ``logged``."""
-        self._released = True
-        if self._lifetime is not None:
-            self._lifetime.kill(block=False)
-        if self._watcher is not None:
-            # Before the socket is closed and its descriptor reused.
-            self._watcher.stop()
-            self._watcher.close()
-        if self.sock is not None:
-            # A stream's connection is never reused: once the server has written the
-            # final chunk it closes, instead of idling in keep-alive (which would also
-            # hold a shutting-down worker for the whole keep-alive timeout).
-            _shutdown(self.sock, how)
-        if self.broker.unsubscribe(self) and logged:
+        if self._released:
+            return
+        self.end()
+        if self._free(socket.SHUT_RD):
             log.info(
                 logfmt.event(
                     "stream.close",
@@ -624,6 +608,23 @@ class Connection:
                     open=self.broker.open_streams,
                 )
             )
+
+    def _free(self, how: int) -> bool:
+        """Free the stream's slot, timers and watcher and shut its socket down ``how``;
+        return whether the broker still counted it (False: freed before)."""
+        self._released = True
+        if self._lifetime is not None:
+            self._lifetime.kill(block=False)
+        if self._watcher is not None:
+            # Before the socket is closed and its descriptor reused.
+            self._watcher.stop()
+            self._watcher.close()
+        if self.sock is not None:
+            # A stream's connection is never reused: once the server has written the
+            # final chunk it closes, instead of idling in keep-alive (which would also
+            # hold a shutting-down worker for the whole keep-alive timeout).
+            _shutdown(self.sock, how)
+        return self.broker.unsubscribe(self)
 
 
 @functools.lru_cache(maxsize=4)
