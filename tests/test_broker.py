@@ -177,6 +177,7 @@ def caught_up_viewer(broker, topics):
     """A connection writing straight to one end of a socket pair, as after its headers."""
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
+    theirs.settimeout(2)  # a viewer sent nothing fails the test rather than hanging it
     viewer = Connection(broker, RULES, "multi", tuple(topics), "", ours, direct=True)
     broker.subscribe(viewer)
     viewer.snapshot = None
